@@ -1,0 +1,146 @@
+"""The one place that initialises Taichi.
+
+``diffsim.init(arch="cpu", precision="f64")`` sets the backend and the float type;
+every simulation object records the runtime *generation* it was built in and checks it
+before each kernel launch, so an object used after a re-initialisation raises
+:class:`~diffsim.errors.RuntimeStateError` instead of crashing the process
+(Taichi frees all fields on re-init; touching one segfaults).
+
+Autodiff stack. Reverse-mode kernels whose time loop runs inside the kernel keep every
+loop-carried local on Taichi's autodiff stack, one entry per iteration. Measured with
+taichi 1.7.4 (see docs/taichi-notes.md): a stack a few entries too small gives *silently
+wrong* gradients, and a stack of 32,768 entries crashes the CPU backend. diffsim therefore
+fixes the stack at :data:`AD_STACK_SIZE` and never fuses more than :data:`MAX_FUSED_STEPS`
+steps into one launch: longer horizons are split into segments (:func:`segments`), whose
+boundary states are stored, so any horizon is safe and memory is O(segments).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import taichi as ti
+
+from .errors import DiffsimError, RuntimeStateError
+
+#: Entries per autodiff-stack variable (4× margin over MAX_FUSED_STEPS). Taichi keeps
+#: these stacks on the CPU worker thread's native stack: entries × variables × 16 B must
+#: stay well under its 8 MiB, or the reverse kernel segfaults (RK4 crashed at 4096).
+AD_STACK_SIZE = 2048
+#: Most time steps a fused kernel runs in one launch; longer horizons are segmented.
+MAX_FUSED_STEPS = 500
+
+ARCHS = ("cpu", "cuda", "vulkan", "metal", "auto")
+PRECISIONS = ("f64", "f32")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInfo:
+    """The active runtime: the backend picked, the float type and the generation."""
+
+    arch: str          # the backend actually running: "cpu", "cuda", "vulkan", "metal"
+    requested: str     # what was asked for ("auto" included)
+    precision: str     # "f64" or "f32"
+    generation: int    # bumps on every real re-initialisation
+
+    @property
+    def real(self):
+        """The Taichi float type of this runtime (ti.f64 or ti.f32)."""
+        return ti.f64 if self.precision == "f64" else ti.f32
+
+    @property
+    def numpy_dtype(self):
+        import numpy as np
+        return np.float64 if self.precision == "f64" else np.float32
+
+
+_current: RuntimeInfo | None = None
+_generation = 0
+
+
+def _arch_of(name: str):
+    return {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan, "metal": ti.metal}[name]
+
+
+def _picked_arch() -> str:
+    a = ti.lang.impl.current_cfg().arch
+    if a in (ti.x64, ti.arm64):
+        return "cpu"
+    return {ti.cuda: "cuda", ti.vulkan: "vulkan", ti.metal: "metal"}.get(a, str(a))
+
+
+def init(arch: str = "cpu", precision: str = "f64", *, verbose: bool = False) -> RuntimeInfo:
+    """Initialise (or keep) the Taichi runtime and return its description.
+
+    arch: "cpu", "cuda", "vulkan", "metal" or "auto" (best available, falling back to
+    cpu; the pick is in the returned ``arch``). precision: "f64" (default; gradients are
+    checked in float64) or "f32". Calling again with the same settings is a no-op;
+    different settings re-initialise Taichi, which invalidates every object made before.
+    """
+    global _current, _generation
+    if arch not in ARCHS:
+        raise DiffsimError(f"arch={arch!r} is not known; use one of {', '.join(ARCHS)}")
+    if precision not in PRECISIONS:
+        raise DiffsimError(f"precision={precision!r} is not known; use 'f64' or 'f32'")
+    if _current is not None and _current.requested == arch and _current.precision == precision:
+        return _current
+    real = ti.f64 if precision == "f64" else ti.f32
+    if arch == "auto":
+        archs = [ti.cuda, ti.vulkan, ti.metal, ti.cpu] if precision == "f32" else [ti.cuda, ti.cpu]
+        ti_arch = archs
+    else:
+        ti_arch = _arch_of(arch)
+    if precision == "f64" and arch in ("vulkan", "metal"):
+        raise DiffsimError(f"arch={arch!r} has no float64; pass precision='f32' or use cpu/cuda")
+    ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, ad_stack_size=AD_STACK_SIZE,
+            offline_cache=True, log_level=ti.INFO if verbose else ti.WARN)
+    picked = _picked_arch()
+    if arch not in ("auto", picked):
+        # Taichi silently falls back to CPU when the asked-for backend is missing.
+        import sys
+        print(f"diffsim: arch={arch!r} is not available here; running on {picked}",
+              file=sys.stderr)
+    _generation += 1
+    _current = RuntimeInfo(arch=picked, requested=arch, precision=precision,
+                           generation=_generation)
+    return _current
+
+
+def current() -> RuntimeInfo:
+    """The active runtime, initialising the default (cpu, f64) if none is."""
+    return _current if _current is not None else init()
+
+
+def has_ad_stack(info: RuntimeInfo | None = None) -> bool:
+    """Whether fused in-kernel time loops can be differentiated (x64, arm64, CUDA)."""
+    return (info or current()).arch in ("cpu", "cuda")
+
+
+def segments(n_steps: int, max_fused: int | None = None) -> list[tuple[int, int]]:
+    """Split ``n_steps`` into (first_step, length) pieces of at most MAX_FUSED_STEPS each,
+    as equal as possible."""
+    if n_steps < 1:
+        raise DiffsimError(f"the number of steps must be at least 1, got {n_steps}")
+    m = max_fused or MAX_FUSED_STEPS
+    k = math.ceil(n_steps / m)
+    base, extra = divmod(n_steps, k)
+    out, start = [], 0
+    for i in range(k):
+        n = base + (1 if i < extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
+class RuntimeBound:
+    """Mixin for objects owning Taichi fields: remembers the runtime that made them."""
+
+    def _bind_runtime(self) -> RuntimeInfo:
+        self._runtime = current()
+        return self._runtime
+
+    def _check_runtime(self) -> None:
+        if _current is None or _current.generation != self._runtime.generation:
+            raise RuntimeStateError(
+                f"this {type(self).__name__} was built before diffsim.init() re-initialised "
+                "Taichi; its fields are gone. Build it again after the last init().")

@@ -1,0 +1,1 @@
+"""Physical systems: each module owns its Taichi fields and kernels."""
