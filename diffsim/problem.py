@@ -173,7 +173,29 @@ class Problem:
                                f"({', '.join(self.params.names)}), got shape {x.shape}")
         return x
 
-    # Hooks used by the command line and plots; systems override what they can show.
+    # -- hooks used by the command line (``diffsim.cli``) -----------------------------
+    # A scene kind's Problem overrides what it can do better. All return JSON-able dicts
+    # (numpy arrays allowed; the CLI converts them) and write files only under ``out``.
+    #   summary(x=None) -> dict                       `diffsim run`
+    #   plot_run(out) -> list[path]                   `diffsim run` plots
+    #   run_optimization(iterations, method, seed, resume, out, progress, plots) -> dict
+    #       `diffsim optimize`; the dict has at least params, objective, iterations,
+    #       status ("converged", "max_iterations", "interrupted", ...) and success (bool)
+    #   fit(data, method, iterations, out, progress, plots, optimizer) -> dict   optional
+    #   sensitivity(method, out, plots) -> dict                                  optional
+    #   summary_text(summary) / report_text(report) -> str   optional human-readable text
     def summary(self, x=None) -> dict:
         """JSON-able facts about a run at ``x`` (objective and system outputs)."""
-        return {"objective": self.objective(x)}
+        return {"objective": self.objective(x), "params": self.params.as_dict(x)}
+
+    def plot_run(self, out) -> list:
+        return []
+
+    def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
+                         out=None, progress=True, plots=True) -> dict:
+        """Default `optimize`: Adam on the optimisable parameters."""
+        from .optim import minimize
+        r = minimize(self, iterations=iterations or 100, method=method, progress=progress)
+        return {"params": self.params.as_dict(r.x), "objective": r.objective,
+                "iterations": r.iterations, "status": r.status,
+                "success": r.status != "interrupted"}

@@ -1,0 +1,246 @@
+"""The ``diffsim`` command: argument parsing, progress, JSON output, exit codes.
+
+No physics here: every verb loads a scene, builds its Problem and calls the Problem's
+methods. Exit status: 0 success, 1 the task failed (e.g. a target unreachable, a gradient
+check failed), 2 bad input (scene, key, value, arguments), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+from . import scene as scene_mod
+from .errors import DiffsimError
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    return o
+
+
+def _emit(args, obj: dict, text: str):
+    if args.json:
+        print(json.dumps(_jsonable(obj), indent=None))
+    else:
+        print(text)
+
+
+def _fmt_params(d: dict) -> str:
+    w = max((len(k) for k in d), default=0)
+    return "\n".join(f"  {k:<{w}} = {v:.10g}" for k, v in d.items())
+
+
+def _out_dir(args, name):
+    p = pathlib.Path(args.out) if args.out else pathlib.Path("diffsim-out") / name
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _problem(args, **kw):
+    from . import runtime
+    runtime.init(arch=args.arch, precision=args.precision)
+    sc = scene_mod.load(args.scene, args.set)
+    return sc, scene_mod.build(sc, **kw)
+
+
+# -- verbs -----------------------------------------------------------------------------
+def cmd_scenes(args):
+    rows = scene_mod.describe_all()
+    if args.json:
+        print(json.dumps([{"name": n, "kind": k, "description": d} for n, k, d in rows]))
+        return 0
+    w = max((len(n) for n, _, _ in rows), default=4)
+    for n, k, d in rows:
+        print(f"{n:<{w}}  [{k}]  {d}")
+    return 0
+
+
+def cmd_run(args):
+    sc, pb = _problem(args)
+    summary = pb.summary()
+    files = []
+    if not args.no_plot:
+        files = [str(f) for f in pb.plot_run(_out_dir(args, sc.name))]
+    summary["plots"] = files
+    text = pb.summary_text(summary) if hasattr(pb, "summary_text") else json.dumps(_jsonable(summary), indent=2)
+    if files:
+        text += "\nplots: " + ", ".join(files)
+    _emit(args, summary, text)
+    return 0
+
+
+def cmd_grad(args):
+    sc, pb = _problem(args)
+    f, g = pb.value_and_grad(method=args.method)
+    names = pb.params.names
+    free = pb.params.free
+    keep = [i for i, n in enumerate(names) if args.all or free[i] or not free.any()]
+    out = {"scene": sc.name, "method": args.method or pb.default_method, "objective": f,
+           "params": {names[i]: pb.params.items[i].value for i in keep},
+           "grad": {names[i]: float(g[i]) for i in keep}}
+    text = (f"objective = {f:.12g}   (method: {out['method']})\n"
+            + "\n".join(f"  d/d {names[i]:<16} = {g[i]: .12g}   (at {pb.params.items[i].value:.8g})"
+                        for i in keep))
+    _emit(args, out, text)
+    return 0
+
+
+def cmd_check(args):
+    from .gradcheck import gradcheck
+    sc, pb = _problem(args)
+    names = None if not args.all else pb.params.names
+    rep = gradcheck(pb, method=args.method, names=names, rtol=args.rtol, atol=args.atol)
+    out = {"scene": sc.name, **rep.as_dict()}
+    _emit(args, out, rep.table())
+    return 0 if rep.ok else 1
+
+
+def cmd_optimize(args):
+    sc, pb = _problem(args)
+    out_dir = _out_dir(args, sc.name)
+    report = pb.run_optimization(iterations=args.iterations, method=args.method,
+                                 seed=args.seed, resume=args.resume, out=out_dir,
+                                 progress=not args.json and not args.no_progress,
+                                 plots=not args.no_plot)
+    report.setdefault("scene", sc.name)
+    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
+    _emit(args, report, text)
+    if report.get("status") == "interrupted":
+        print("interrupted: the best parameters found so far are above"
+              + (f" and saved in {out_dir}" if out_dir else ""), file=sys.stderr)
+        return 130
+    return 0 if report.get("success", True) else 1
+
+
+def cmd_fit(args):
+    sc, pb = _problem(args)
+    if not hasattr(pb, "fit"):
+        raise DiffsimError(f"scene '{sc.name}' (kind {sc.kind}) does not support `fit`")
+    report = pb.fit(data=args.data, method=args.method, iterations=args.iterations,
+                    out=_out_dir(args, sc.name), progress=not args.json and not args.no_progress,
+                    plots=not args.no_plot, optimizer=args.optimizer)
+    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
+    _emit(args, report, text)
+    return 0 if report.get("success", True) else 1
+
+
+def cmd_sensitivity(args):
+    sc, pb = _problem(args)
+    if not hasattr(pb, "sensitivity"):
+        raise DiffsimError(f"scene '{sc.name}' (kind {sc.kind}) does not support `sensitivity`")
+    report = pb.sensitivity(method=args.method, out=_out_dir(args, sc.name), plots=not args.no_plot)
+    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
+    _emit(args, report, text)
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffsim", description=(
+        "Differentiable physics: simulate a scene, take gradients, optimise, fit, and "
+        "analyse sensitivities. SCENE is a bundled scene name (see `diffsim scenes`) or a "
+        "path to a .toml file."))
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    def common(sp, scene=True):
+        if scene:
+            sp.add_argument("scene", metavar="SCENE", help="bundled scene name or .toml path")
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a scene value, e.g. --set physics.drag=0.1 (repeatable)")
+            sp.add_argument("--arch", default="cpu", choices=["cpu", "cuda", "vulkan", "metal", "auto"],
+                            help="Taichi backend (default cpu)")
+            sp.add_argument("--precision", default="f64", choices=["f64", "f32"],
+                            help="float precision (default f64)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    def method(sp):
+        sp.add_argument("--method", default=None, choices=["discrete", "adjoint", "forward", "fd"],
+                        help="gradient method (default: the scene's)")
+
+    def outputs(sp):
+        sp.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for plots and results (default diffsim-out/<scene>)")
+        sp.add_argument("--no-plot", action="store_true", help="write no plots")
+
+    sp = sub.add_parser("scenes", help="list the bundled scenes")
+    common(sp, scene=False)
+    sp.set_defaults(func=cmd_scenes)
+
+    sp = sub.add_parser("run", help="simulate a scene and plot it")
+    common(sp); outputs(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("grad", help="print the objective and its gradient")
+    common(sp); method(sp)
+    sp.add_argument("--all", action="store_true", help="every parameter, not only optimisable ones")
+    sp.set_defaults(func=cmd_grad)
+
+    sp = sub.add_parser("check", help="compare a gradient with central finite differences")
+    common(sp); method(sp)
+    sp.add_argument("--all", action="store_true", help="check every parameter")
+    sp.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (default 1e-6)")
+    sp.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance (default 1e-9)")
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("optimize", help="optimise the scene's parameters")
+    common(sp); method(sp); outputs(sp)
+    sp.add_argument("--iterations", type=int, default=None, help="most iterations (default: the scene's)")
+    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the scene's)")
+    sp.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_optimize)
+
+    sp = sub.add_parser("fit", help="fit parameters to observed data (CSV)")
+    common(sp); method(sp); outputs(sp)
+    sp.add_argument("--data", required=True, metavar="FILE.csv", help="CSV: time column then state columns")
+    sp.add_argument("--iterations", type=int, default=None)
+    sp.add_argument("--optimizer", default=None, choices=["lbfgs", "adam", "lm"],
+                    help="optimiser (default: the scene's)")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_fit)
+
+    sp = sub.add_parser("sensitivity", help="sensitivities of the objective and trajectory")
+    common(sp); method(sp); outputs(sp)
+    sp.set_defaults(func=cmd_sensitivity)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("iterations",):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            parser.error(f"--{name} must be at least 1, got {v}")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        return args.func(args)
+    except DiffsimError as e:
+        print(f"diffsim: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("diffsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
