@@ -1,0 +1,14 @@
+"""Test set-up: one Taichi runtime (cpu, float64) for the whole session (taichi-notes 5)."""
+import os
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ.setdefault("TI_LOG_LEVEL", "warn")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime():
+    import diffsim
+    return diffsim.init(arch="cpu", precision="f64")
