@@ -1,0 +1,423 @@
+"""Batched 2D mass-spring systems with controllers, differentiated by Taichi reverse mode.
+
+Physics (per body b, step t, semi-implicit Euler with step ``dt`` [s]):
+
+    spring s = (i, j):  d = x_i - x_j, l = |d|, L = rest_s · (1 + act_s · u_s(t))
+                        F = k_s (l - L) + c_s (v_i - v_j)·d/l   (tension > 0)
+                        f_i -= F d/l,  f_j += F d/l
+    mass i:             v' = exp(-damping·dt) v + dt (g ŷ + f_i / m_i),   x' = x + dt v'
+
+Ground contact at height ``ground`` [m] is an event located inside the step: if the
+mass would end the step below the ground while moving down, the time of impact
+τ = (ground - y) / v'_y ∈ [0, dt) splits the step; the velocity is reflected with
+``restitution`` e (vertical) and Coulomb ``friction`` μ reduces the tangential speed by
+μ(1 + e)|v'_y| (``sticky=True``: tangential speed set to 0, DiffTaichi's ground), and
+only the remaining dt - τ moves with the new velocity. The end-of-step position is
+continuous in the impact phase, so d(height after an elastic bounce)/d(initial height)
+= -1 exactly (naively flipping the velocity gives +1).
+
+Controllers (u ∈ [-1, 1] per actuated spring, one set of weights per body):
+  "neural": DiffTaichi's closed loop: inputs sin(ω t dt + 2πk/n_sin) for k < n_sin and
+      0.05·(x_i - centre, v_i) for every mass; hidden = tanh(W1 in + b1); u = tanh(W2 h + b2).
+  "sine": u = amp · sin(ω t dt + phase) per actuated spring.
+  "sequence": u = seq[p] for t in the p-th of ``pieces`` equal time intervals.
+  "none": u = 0.
+
+Layout (DiffTaichi's): every per-step quantity lives in a field indexed (body, step,
+element), so each step writes a new time index (Taichi's global data access rules hold)
+and nothing is carried in locals (no autodiff stack). One kernel launch advances every
+body one step; it holds a flat parallel loop per stage (controller layers, springs,
+masses), which Taichi's reverse kernel runs backwards. The reverse sweep calls the step
+kernel's ``.grad`` for t = steps-1 … 0 without ti.ad.Tape (no per-call clearing of every
+gradient). A time loop fused inside one kernel over per-step fields gave wrong gradients
+(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), so it is not used.
+"""
+
+import math
+
+import numpy as np
+import taichi as ti
+
+from .. import runtime
+from ..errors import DiffsimError, SimulationError
+from .bodies import Body
+
+CONTROLLERS = ("none", "neural", "sine", "sequence")
+OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
+#: learnable per-body arrays: name -> (shape after the batch axis as a function of sizes)
+BODY_PARAMS = ("stiffness", "damping", "rest", "actuation", "mass", "x0", "y0", "vx0", "vy0")
+
+
+class MassSpring(runtime.RuntimeBound):
+    """B copies of one body topology (each with its own parameters and controller
+    weights) simulated for ``steps`` steps of ``dt`` seconds.
+
+    controller: "none", "neural" (``hidden``, ``sines``), "sine" or "sequence"
+    (``pieces``); ``omega`` [rad/s] is the clock frequency of "neural" and "sine".
+    gravity [m/s², signed, y up], ground [m] (None: no ground), friction (Coulomb μ),
+    restitution e ∈ [0, 1], sticky (DiffTaichi's ground: tangential velocity stops on
+    impact), damping [1/s] (global velocity damping exp(-damping·dt)).
+    """
+
+    def __init__(self, body: Body, *, batch=1, steps=100, dt=0.004, gravity=-4.8, ground=0.1,
+                 friction=0.0, restitution=0.0, sticky=False, damping=0.0,
+                 controller="none", hidden=32, sines=10, omega=10.0, pieces=8):
+        info = self._bind_runtime()
+        if controller not in CONTROLLERS:
+            raise DiffsimError(f"controller={controller!r} is not known; use one of {', '.join(CONTROLLERS)}")
+        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+            raise DiffsimError(f"steps must be a positive integer, got {steps!r}")
+        if not (math.isfinite(dt) and dt > 0):
+            raise DiffsimError(f"dt must be a positive number of seconds, got {dt!r}")
+        if not (isinstance(batch, (int, np.integer)) and batch >= 1):
+            raise DiffsimError(f"batch must be a positive integer, got {batch!r}")
+        self.body = body
+        self.B, self.T, self.dt = int(batch), int(steps), float(dt)
+        self.N, self.S = body.n_masses, body.n_springs
+        self.act_idx = np.full(self.S, -1, dtype=np.int32)
+        self.act_idx[body.actuated] = np.arange(len(body.actuated))
+        self.A = len(body.actuated)
+        self.controller = controller if self.A > 0 else "none"
+        self.H, self.NS, self.omega, self.P = int(hidden), int(sines), float(omega), int(pieces)
+        self.I = self.NS + 4 * self.N
+        self.gravity, self.ground = float(gravity), ground
+        self.friction, self.restitution = float(friction), float(restitution)
+        self.sticky, self.damping = bool(sticky), float(damping)
+        self.real, self.np_real = info.real, info.numpy_dtype
+        self._alloc()
+        self._compile()
+        self.reset_body(body)
+        self._forward_done = False
+
+    # -- fields ----------------------------------------------------------------------
+    def _alloc(self):
+        r, B, T, N, S = self.real, self.B, self.T, self.N, self.S
+        A = max(self.A, 1)
+        f = lambda shape, grad=True: ti.field(r, shape, needs_grad=grad)
+        self.xs, self.ys, self.vxs, self.vys = (f((B, T + 1, N)) for _ in range(4))
+        self.fx, self.fy = f((B, T, N)), f((B, T, N))
+        self.cx, self.cy = f((B, T)), f((B, T))
+        self.u = f((B, T, A))
+        self.sa, self.sb = ti.field(ti.i32, S), ti.field(ti.i32, S)
+        self.aidx, self.pin = ti.field(ti.i32, S), ti.field(ti.i32, N)
+        self.p = {n: f((B, S)) for n in ("stiffness", "damping", "rest", "actuation")}
+        self.p.update({n: f((B, N)) for n in ("mass", "x0", "y0", "vx0", "vy0")})
+        c = self.controller
+        if c == "neural":
+            H, I = self.H, self.I
+            self.p.update(w1=f((B, H, I)), b1=f((B, H)), w2=f((B, A, H)), b2=f((B, A)))
+            self.hpre, self.hid, self.upre = f((B, T, H)), f((B, T, H)), f((B, T, A))
+            self.inp = f((B, T, I))
+        elif c == "sine":
+            self.p.update(amp=f((B, A)), phase=f((B, A)))
+        elif c == "sequence":
+            self.p.update(seq=f((B, self.P, A)))
+        self.aux = [f(B) for _ in range(3)]
+        self.loss = f(())
+        # objective data (no gradients)
+        self.target = ti.field(r, 2)
+        self.shape_t = ti.field(r, (N, 2))
+        self.obs_x, self.obs_y = ti.field(r, (T + 1, N)), ti.field(r, (T + 1, N))
+        self.scalar = ti.field(r, 2)   # [target area, unused]
+
+    def reset_body(self, body: Body):
+        """Load a body's parameters into every batch entry (topology must match)."""
+        self._check_runtime()
+        if body.n_masses != self.N or body.n_springs != self.S:
+            raise DiffsimError("reset_body needs a body with the same masses and springs")
+        self.sa.from_numpy(body.springs[:, 0].astype(np.int32))
+        self.sb.from_numpy(body.springs[:, 1].astype(np.int32))
+        self.aidx.from_numpy(np.maximum(self.act_idx, 0).astype(np.int32))
+        self.pin.from_numpy(body.pinned.astype(np.int32))
+        self.set(stiffness=body.stiffness, damping=body.damping, rest=body.rest,
+                 actuation=np.where(self.act_idx >= 0, body.actuation, 0.0), mass=body.mass,
+                 x0=body.x[:, 0], y0=body.x[:, 1], vx0=body.v[:, 0], vy0=body.v[:, 1])
+
+    # -- parameters --------------------------------------------------------------------
+    @property
+    def param_names(self):
+        return list(self.p)
+
+    def shape_of(self, name):
+        """Shape of parameter ``name`` including the batch axis."""
+        return self.p[name].shape
+
+    def set(self, **values):
+        """Set parameters by name: arrays broadcast to the field's shape (batch axis first)."""
+        self._check_runtime()
+        for name, v in values.items():
+            if name not in self.p:
+                raise DiffsimError(f"unknown mass-spring parameter {name!r}; known: {', '.join(self.p)}")
+            fld = self.p[name]
+            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), fld.shape)
+            fld.from_numpy(np.ascontiguousarray(a))
+        self._forward_done = False
+
+    def get(self, name) -> np.ndarray:
+        self._check_runtime()
+        return self.p[name].to_numpy().astype(np.float64)
+
+    def init_controller(self, seed=0, scale=1.0):
+        """Seeded random weights: DiffTaichi's scaled normal init for "neural"
+        (W1 ~ N(0, 2/(H+I))·2, W2 ~ N(0, 2/(H+A))·3, zero biases); amp = 0.5·scale and
+        uniform phases for "sine"; N(0, 0.3²) for "sequence"."""
+        rng = np.random.default_rng(seed)
+        B, A, H, I = self.B, max(self.A, 1), self.H, self.I
+        c = self.controller
+        if c == "neural":
+            self.set(w1=rng.normal(size=(B, H, I)) * math.sqrt(2 / (H + I)) * 2 * scale,
+                     w2=rng.normal(size=(B, A, H)) * math.sqrt(2 / (H + A)) * 3 * scale,
+                     b1=0.0, b2=0.0)
+        elif c == "sine":
+            self.set(amp=0.5 * scale, phase=rng.uniform(0, 2 * math.pi, size=(B, A)))
+        elif c == "sequence":
+            self.set(seq=rng.normal(size=(B, self.P, A)) * 0.3 * scale)
+
+    def set_observation(self, traj):
+        """Observed positions for objective "identify": shape (steps + 1, N, 2) [m]."""
+        traj = np.asarray(traj, dtype=self.np_real)
+        if traj.shape != (self.T + 1, self.N, 2):
+            raise DiffsimError(f"an observed trajectory must have shape {(self.T + 1, self.N, 2)}, got {traj.shape}")
+        self.obs_x.from_numpy(np.ascontiguousarray(traj[..., 0]))
+        self.obs_y.from_numpy(np.ascontiguousarray(traj[..., 1]))
+
+    def set_target(self, point=None, shape=None, area=None):
+        """Objective data: target point (2,) [m], target shape (N, 2) [m], area [m²]."""
+        if point is not None:
+            self.target.from_numpy(np.asarray(point, dtype=self.np_real).reshape(2))
+        if shape is not None:
+            self.shape_t.from_numpy(np.asarray(shape, dtype=self.np_real).reshape(self.N, 2))
+        if area is not None:
+            self.scalar.from_numpy(np.array([area, 0.0], dtype=self.np_real))
+
+    # -- kernels -----------------------------------------------------------------------
+    def _compile(self):
+        B, T, N, S, A = self.B, self.T, self.N, self.S, max(self.A, 1)
+        H, NS, I, P = self.H, self.NS, self.I, self.P
+        ctrl = self.controller
+        xs, ys, vxs, vys, fx, fy = self.xs, self.ys, self.vxs, self.vys, self.fx, self.fy
+        cx, cy, u, p = self.cx, self.cy, self.u, self.p
+        sa, sb, aidx, pin = self.sa, self.sb, self.aidx, self.pin
+        k_, c_, L_, a_, m_ = p["stiffness"], p["damping"], p["rest"], p["actuation"], p["mass"]
+        dt, omega = self.dt, self.omega
+        g = self.gravity
+        has_ground = self.ground is not None
+        ground = float(self.ground) if has_ground else 0.0
+        mu, e, sticky = self.friction, self.restitution, self.sticky
+        sdamp = math.exp(-self.damping * self.dt)
+        inv_n = 1.0 / N
+        two_pi_ns = 2 * math.pi / max(NS, 1)
+        w1 = b1 = w2 = b2 = hpre = hid = upre = inp = amp = phase = seq = None
+        if ctrl == "neural":
+            w1, b1, w2, b2 = p["w1"], p["b1"], p["w2"], p["b2"]
+            hpre, hid, upre, inp = self.hpre, self.hid, self.upre, self.inp
+        if ctrl == "sine":
+            amp, phase = p["amp"], p["phase"]
+        if ctrl == "sequence":
+            seq = p["seq"]
+        loss, aux = self.loss, self.aux
+        target, shape_t, obs_x, obs_y, scalar = self.target, self.shape_t, self.obs_x, self.obs_y, self.scalar
+
+        @ti.kernel
+        def start():
+            for b, i in ti.ndrange(B, N):
+                xs[b, 0, i] = p["x0"][b, i]
+                ys[b, 0, i] = p["y0"][b, i]
+                vxs[b, 0, i] = p["vx0"][b, i]
+                vys[b, 0, i] = p["vy0"][b, i]
+
+        @ti.kernel
+        def step(t: ti.i32):
+            # Every loop below is a flat parallel loop (one offloaded task each); Taichi's
+            # reverse kernel runs them backwards. Accumulations go to fields (+=).
+            if ti.static(ctrl == "neural"):
+                for b, i in ti.ndrange(B, N):
+                    cx[b, t] += xs[b, t, i] * inv_n
+                    cy[b, t] += ys[b, t, i] * inv_n
+                for b, k in ti.ndrange(B, I):
+                    val = 0.0
+                    if k < NS:
+                        val = ti.sin(omega * t * dt + two_pi_ns * k)
+                    else:
+                        i = (k - NS) // 4
+                        c = (k - NS) % 4
+                        if c == 0:
+                            val = 0.05 * (xs[b, t, i] - cx[b, t])
+                        elif c == 1:
+                            val = 0.05 * (ys[b, t, i] - cy[b, t])
+                        elif c == 2:
+                            val = 0.05 * vxs[b, t, i]
+                        else:
+                            val = 0.05 * vys[b, t, i]
+                    inp[b, t, k] = val
+                for b, h, k in ti.ndrange(B, H, I):
+                    hpre[b, t, h] += w1[b, h, k] * inp[b, t, k]
+                for b, h in ti.ndrange(B, H):
+                    hid[b, t, h] = ti.tanh(hpre[b, t, h] + b1[b, h])
+                for b, j, h in ti.ndrange(B, A, H):
+                    upre[b, t, j] += w2[b, j, h] * hid[b, t, h]
+                for b, j in ti.ndrange(B, A):
+                    u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
+            elif ti.static(ctrl == "sine"):
+                for b, j in ti.ndrange(B, A):
+                    u[b, t, j] = amp[b, j] * ti.sin(omega * t * dt + phase[b, j])
+            elif ti.static(ctrl == "sequence"):
+                piece = ti.min(t * P // T, P - 1)
+                for b, j in ti.ndrange(B, A):
+                    u[b, t, j] = seq[b, piece, j]
+            # -- springs -----------------------------------------------------------
+            for b, s in ti.ndrange(B, S):
+                i, j = sa[s], sb[s]
+                dx = xs[b, t, i] - xs[b, t, j]
+                dy = ys[b, t, i] - ys[b, t, j]
+                l = ti.sqrt(dx * dx + dy * dy)
+                nx, ny = dx / l, dy / l
+                rest = L_[b, s] * (1.0 + a_[b, s] * u[b, t, aidx[s]])
+                vrel = (vxs[b, t, i] - vxs[b, t, j]) * nx + (vys[b, t, i] - vys[b, t, j]) * ny
+                F = k_[b, s] * (l - rest) + c_[b, s] * vrel
+                fx[b, t, i] -= F * nx
+                fy[b, t, i] -= F * ny
+                fx[b, t, j] += F * nx
+                fy[b, t, j] += F * ny
+            # -- masses: semi-implicit Euler with in-step ground impact -------------
+            for b, i in ti.ndrange(B, N):
+                px, py = xs[b, t, i], ys[b, t, i]
+                inv_m = 1.0 / m_[b, i]
+                nvx = sdamp * vxs[b, t, i] + dt * fx[b, t, i] * inv_m
+                nvy = sdamp * vys[b, t, i] + dt * (g + fy[b, t, i] * inv_m)
+                ex = px + dt * nvx
+                ey = py + dt * nvy
+                if ti.static(has_ground):
+                    hit = (ey < ground) & (nvy < 0.0)
+                    den = ti.select(hit, nvy, -1.0)
+                    toi = ti.select(hit, ti.min(ti.max((ground - py) / den, 0.0), dt), 0.0)
+                    rvy = -e * nvy
+                    rvx = 0.0 * nvx
+                    if ti.static(not sticky):
+                        slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
+                        rvx = ti.select(nvx > 0.0, slide, -slide)
+                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, ex)
+                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, ey)
+                    nvx = ti.select(hit, rvx, nvx)
+                    nvy = ti.select(hit, rvy, nvy)
+                fixed = pin[i] != 0
+                xs[b, t + 1, i] = ti.select(fixed, px, ex)
+                ys[b, t + 1, i] = ti.select(fixed, py, ey)
+                vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
+                vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
+
+        @ti.kernel
+        def objective(kind: ti.template()):
+            if ti.static(kind == "distance"):         # -(centre_x(T) - centre_x(0))
+                for b, i in ti.ndrange(B, N):
+                    loss[None] += -(xs[b, T, i] - xs[b, 0, i]) * inv_n
+            elif ti.static(kind == "target"):         # ½ |centre(T) - target|²
+                for b, i in ti.ndrange(B, N):
+                    aux[0][b] += xs[b, T, i] * inv_n
+                    aux[1][b] += ys[b, T, i] * inv_n
+                for b in range(B):
+                    loss[None] += 0.5 * ((aux[0][b] - target[0]) ** 2 + (aux[1][b] - target[1]) ** 2)
+            elif ti.static(kind == "shape"):          # ½ mean_i |x_i(T) - s_i|²
+                for b, i in ti.ndrange(B, N):
+                    loss[None] += 0.5 * inv_n * ((xs[b, T, i] - shape_t[i, 0]) ** 2
+                                                 + (ys[b, T, i] - shape_t[i, 1]) ** 2)
+            elif ti.static(kind == "area"):           # (area(T) - A*)², masses in polygon order
+                for b, i in ti.ndrange(B, N):
+                    j = (i + 1) % N
+                    aux[0][b] += 0.5 * (xs[b, T, i] * ys[b, T, j] - xs[b, T, j] * ys[b, T, i])
+                for b in range(B):
+                    loss[None] += (aux[0][b] - scalar[0]) ** 2
+            elif ti.static(kind == "identify"):       # mean_{t,i} |x_i(t) - observed|²
+                for b, t, i in ti.ndrange(B, T + 1, N):
+                    loss[None] += ((xs[b, t, i] - obs_x[t, i]) ** 2
+                                   + (ys[b, t, i] - obs_y[t, i]) ** 2) * (inv_n / (T + 1))
+            else:                                     # "height": mean_i y_i(T)
+                for b, i in ti.ndrange(B, N):
+                    loss[None] += ys[b, T, i] * inv_n
+
+        zero = [xs, ys, vxs, vys, fx, fy, cx, cy, u, *aux, loss]
+        if ctrl == "neural":
+            zero += [hpre, hid, upre, inp]
+        params = list(p.values())
+
+        @ti.kernel
+        def clear_values():
+            for I_ in ti.grouped(fx):
+                fx[I_] = 0.0
+                fy[I_] = 0.0
+            for I_ in ti.grouped(cx):
+                cx[I_] = 0.0
+                cy[I_] = 0.0
+            for b in range(B):
+                for k in ti.static(range(3)):
+                    aux[k][b] = 0.0
+            loss[None] = 0.0
+            if ti.static(ctrl == "neural"):
+                for I_ in ti.grouped(hpre):
+                    hpre[I_] = 0.0
+                for I_ in ti.grouped(upre):
+                    upre[I_] = 0.0
+
+        @ti.kernel
+        def clear_grads():
+            for f in ti.static(zero):
+                for I_ in ti.grouped(f):
+                    f.grad[I_] = 0.0
+            for f in ti.static(params):
+                for I_ in ti.grouped(f):
+                    f.grad[I_] = 0.0
+
+        self._k = dict(start=start, step=step, objective=objective,
+                       clear_values=clear_values, clear_grads=clear_grads)
+
+    # -- running -------------------------------------------------------------------------
+    def forward(self, objective="distance") -> float:
+        """Simulate every body from its initial state; returns the objective summed over
+        the batch (see :data:`OBJECTIVES` and the module docstring for definitions)."""
+        self._check_runtime()
+        if objective not in OBJECTIVES:
+            raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
+        k = self._k
+        k["clear_values"]()
+        k["start"]()
+        step = k["step"]
+        for t in range(self.T):
+            step(t)
+        k["objective"](objective)
+        self._objective = objective
+        self._forward_done = True
+        val = float(self.loss[None])
+        if not math.isfinite(val):
+            raise SimulationError(
+                f"the mass-spring simulation produced {val} (it blew up): dt={self.dt} s is "
+                "probably too large for the stiffness/mass; lower sim.dt or the stiffness")
+        return val
+
+    def backward(self) -> dict:
+        """Reverse sweep after :meth:`forward`: d objective / d parameter, each shaped like
+        the parameter (batch axis first)."""
+        self._check_runtime()
+        if not self._forward_done:
+            raise DiffsimError("backward() needs a forward() first (parameters changed since)")
+        k = self._k
+        k["clear_grads"]()
+        self.loss.grad[None] = 1.0
+        k["objective"].grad(self._objective)
+        step_grad = k["step"].grad
+        for t in reversed(range(self.T)):
+            step_grad(t)
+        k["start"].grad()
+        return {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
+
+    def trajectory(self) -> np.ndarray:
+        """Positions after :meth:`forward`: shape (B, steps + 1, N, 2) [m]."""
+        self._check_runtime()
+        return np.stack([self.xs.to_numpy(), self.ys.to_numpy()], axis=-1).astype(np.float64)
+
+    def velocities(self) -> np.ndarray:
+        """Velocities after :meth:`forward`: shape (B, steps + 1, N, 2) [m/s]."""
+        return np.stack([self.vxs.to_numpy(), self.vys.to_numpy()], axis=-1).astype(np.float64)
+
+    def actuations(self) -> np.ndarray:
+        """Controller outputs after :meth:`forward`: shape (B, steps, A) in [-1, 1]."""
+        return self.u.to_numpy().astype(np.float64)[:, :, :self.A]
