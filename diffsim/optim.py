@@ -20,7 +20,8 @@ from .errors import DiffsimError
 class Adam:
     """Adam (Kingma & Ba) with optional exponential learning-rate decay and clipping.
 
-    lr: step size in parameter units; decay: lr multiplier per iteration;
+    lr: step size as a fraction of each parameter's bound range (``minimize`` scales
+    parameters by their range; unbounded ones by max(|x0|, 1)); decay: lr multiplier per iteration;
     clip: gradients with a larger 2-norm are scaled down to it (None: no clipping).
     Steps are projected onto the parameter bounds.
     """
@@ -60,8 +61,8 @@ class Adam:
 
 
 class GradientDescent:
-    """Gradient descent; with ``normalize=True`` each step has length ``lr`` in
-    parameter space (DiffTaichi's mass-spring update: x -= lr·g/|g|)."""
+    """Gradient descent; with ``normalize=True`` each step has length ``lr`` in the
+    scaled parameter space of ``minimize`` (DiffTaichi's mass-spring update: x -= lr·g/|g|)."""
 
     name = "gd"
 
@@ -178,6 +179,11 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
                            "optimize = true on at least one parameter in the scene")
     lo, hi = problem.params.lower[free], problem.params.upper[free]
     x[free] = np.clip(x[free], lo, hi)
+    # Optimise in scaled coordinates u = x / scale, scale = the bound range (or |x0|, or
+    # 1): a learning rate then means "this fraction of the range" for every parameter,
+    # whether it is an angle in rad or a speed in m/s.
+    span = hi - lo
+    scale = np.where(np.isfinite(span) & (span > 0), span, np.maximum(np.abs(x[free]), 1.0))
     hist = History()
     best = {"f": math.inf, "x": x.copy()}
     show = sys.stderr.isatty() if progress is None else progress
@@ -187,9 +193,9 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
     t0 = time.perf_counter()
     status = "max_iterations"
 
-    def evaluate(xf):
+    def evaluate(uf):
         xx = x.copy()
-        xx[free] = xf
+        xx[free] = uf * scale
         f, g = problem.value_and_grad(xx, method)
         hist.append(f, g[free], xx, time.perf_counter() - t0)
         if f < best["f"]:
@@ -200,19 +206,20 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
             stop = "converged"
         if callback is not None and callback(len(hist.loss) - 1, xx, f, g):
             stop = stop or "callback"
-        return f, g[free], stop
+        return f, g[free] * scale, stop
 
     try:
+        ulo, uhi = lo / scale, hi / scale
         if isinstance(optimizer, LBFGS):
-            status = _run_lbfgs(optimizer, evaluate, x[free], lo, hi, iterations)
+            status = _run_lbfgs(optimizer, evaluate, x[free] / scale, ulo, uhi, iterations)
         else:
-            xf = x[free]
+            uf = x[free] / scale
             for _ in range(iterations):
-                f, g, stop = evaluate(xf)
+                f, g, stop = evaluate(uf)
                 if stop:
                     status = "converged" if stop == "converged" else "stopped"
                     break
-                xf = np.clip(optimizer.step(xf, g), lo, hi)
+                uf = np.clip(optimizer.step(uf, g), ulo, uhi)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:

@@ -37,6 +37,10 @@ INPUTS = ("x0", "height", "z0", "speed", "angle", "azimuth",
 #: per-cannon outputs
 OUTPUTS = ("land_x", "land_z", "land_t")
 OBJECTIVES = ("miss", "range", "flight_time")
+# Row of each name in the packed input/output fields (inp[I_SPEED, b], out_f[O_LAND_X, b]).
+(I_X0, I_HEIGHT, I_Z0, I_SPEED, I_ANGLE, I_AZIMUTH, I_GRAVITY, I_DRAG, I_WIND_X, I_WIND_Z,
+ I_RESTITUTION, I_TARGET_X, I_TARGET_Z) = range(len(INPUTS))
+O_LAND_X, O_LAND_Z, O_LAND_T = range(len(OUTPUTS))
 _NEWTON = 4
 
 
@@ -68,8 +72,10 @@ class Projectile(runtime.RuntimeBound):
         real = info.real
         self.real, self.np_real = real, info.numpy_dtype
         B, K = self.B, len(self.segs)
-        self.inp = {n: ti.field(real, B, needs_grad=True) for n in INPUTS}
-        self.out = {n: ti.field(real, B, needs_grad=True) for n in OUTPUTS}
+        # Inputs and outputs are packed in one 2-D field each, so moving them between
+        # numpy and Taichi costs one copy (a kernel launch) instead of one per name.
+        self.inp = ti.field(real, (len(INPUTS), B), needs_grad=True)
+        self.out = ti.field(real, (len(OUTPUTS), B), needs_grad=True)
         self.state = [ti.field(real, (K + 1, B), needs_grad=True) for _ in range(6)]
         self.alive = ti.field(ti.i32, (K + 1, B))
         self.nbounce = ti.field(ti.i32, (K + 1, B))
@@ -87,7 +93,7 @@ class Projectile(runtime.RuntimeBound):
     def _compile(self):
         dims3 = self.dims == 3
         integ = self.integrator
-        I, O, S = self.inp, self.out, self.state
+        inp, out_f, S = self.inp, self.out, self.state
         alive, nb, loss, weight = self.alive, self.nbounce, self.loss, self.weight
         max_bounce = self.bounces
         B = self.B
@@ -154,13 +160,13 @@ class Projectile(runtime.RuntimeBound):
         @ti.kernel
         def launch():
             for b in range(B):
-                sp, el = I["speed"][b], I["angle"][b]
+                sp, el = inp[I_SPEED, b], inp[I_ANGLE, b]
                 az = 0.0
                 if ti.static(dims3):
-                    az = I["azimuth"][b]
-                S[0][0, b] = I["x0"][b]
-                S[1][0, b] = I["height"][b]
-                S[2][0, b] = I["z0"][b]
+                    az = inp[I_AZIMUTH, b]
+                S[0][0, b] = inp[I_X0, b]
+                S[1][0, b] = inp[I_HEIGHT, b]
+                S[2][0, b] = inp[I_Z0, b]
                 S[3][0, b] = sp * ti.cos(el) * ti.cos(az)
                 S[4][0, b] = sp * ti.sin(el)
                 S[5][0, b] = sp * ti.cos(el) * ti.sin(az)
@@ -174,10 +180,10 @@ class Projectile(runtime.RuntimeBound):
                 px, py, pz = S[0][k, b], S[1][k, b], S[2][k, b]
                 vx, vy, vz = S[3][k, b], S[4][k, b], S[5][k, b]
                 live, bounced = alive[k, b], nb[k, b]
-                g, kd, e = I["gravity"][b], I["drag"][b], I["restitution"][b]
-                wx, wz = I["wind_x"][b], 0.0
+                g, kd, e = inp[I_GRAVITY, b], inp[I_DRAG, b], inp[I_RESTITUTION, b]
+                wx, wz = inp[I_WIND_X, b], 0.0
                 if ti.static(dims3):
-                    wz = I["wind_z"][b]
+                    wz = inp[I_WIND_Z, b]
                 lx, lz, lt = 0.0, 0.0, 0.0
                 for i in range(n):
                     if live == 1:
@@ -211,9 +217,9 @@ class Projectile(runtime.RuntimeBound):
                 S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
                 S[3][k + 1, b], S[4][k + 1, b], S[5][k + 1, b] = vx, vy, vz
                 alive[k + 1, b], nb[k + 1, b] = live, bounced
-                O["land_x"][b] += lx
-                O["land_z"][b] += lz
-                O["land_t"][b] += lt
+                out_f[O_LAND_X, b] += lx
+                out_f[O_LAND_Z, b] += lz
+                out_f[O_LAND_T, b] += lt
 
         K = len(self.segs)
         t_end = self.steps * self.dt
@@ -224,41 +230,39 @@ class Projectile(runtime.RuntimeBound):
             # summary flags it (landed = False).
             for b in range(B):
                 if alive[K, b] == 1:
-                    O["land_x"][b] += S[0][K, b]
-                    O["land_z"][b] += S[2][K, b]
-                    O["land_t"][b] += t_end
+                    out_f[O_LAND_X, b] += S[0][K, b]
+                    out_f[O_LAND_Z, b] += S[2][K, b]
+                    out_f[O_LAND_T, b] += t_end
 
         @ti.kernel
         def objective(kind: ti.i32, sign: ti.template()):
             for b in range(B):
                 val = 0.0
                 if kind == 0:
-                    dx = O["land_x"][b] - I["target_x"][b]
-                    dz = O["land_z"][b] - I["target_z"][b]
+                    dx = out_f[O_LAND_X, b] - inp[I_TARGET_X, b]
+                    dz = out_f[O_LAND_Z, b] - inp[I_TARGET_Z, b]
                     val = 0.5 * (dx * dx + dz * dz)
                 elif kind == 1:
-                    dx = O["land_x"][b] - I["x0"][b]
-                    dz = O["land_z"][b] - I["z0"][b]
+                    dx = out_f[O_LAND_X, b] - inp[I_X0, b]
+                    dz = out_f[O_LAND_Z, b] - inp[I_Z0, b]
                     if ti.static(dims3):
                         val = ti.sqrt(dx * dx + dz * dz)
                     else:
                         val = dx
                 else:
-                    val = O["land_t"][b]
+                    val = out_f[O_LAND_T, b]
                 loss[None] += sign * weight[b] * val
-
-        grads = [*I.values(), *O.values()]
-        outs = list(O.values())
 
         @ti.kernel
         def clear():
             loss[None] = 0.0
             loss.grad[None] = 0.0
             for b in range(B):
-                for f in ti.static(grads):
-                    f.grad[b] = 0.0
-                for f in ti.static(outs):
-                    f[b] = 0.0
+                for j in ti.static(range(len(INPUTS))):
+                    inp.grad[j, b] = 0.0
+                for j in ti.static(range(len(OUTPUTS))):
+                    out_f.grad[j, b] = 0.0
+                    out_f[j, b] = 0.0
                 for kk in range(K + 1):
                     for f in ti.static(S):
                         f.grad[kk, b] = 0.0
@@ -270,14 +274,18 @@ class Projectile(runtime.RuntimeBound):
     def set_inputs(self, **values) -> None:
         """Set per-cannon inputs by name: a scalar (all cannons) or an array of shape (B,)."""
         self._check_runtime()
-        for name, v in values.items():
-            if name not in self.inp:
+        for name in values:
+            if name not in INPUTS:
                 raise DiffsimError(f"unknown projectile input {name!r}; known: {', '.join(INPUTS)}")
-            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), (self.B,))
-            self.inp[name].from_numpy(np.ascontiguousarray(a))
+        a = self.inp.to_numpy() if len(values) < len(INPUTS) else np.zeros((len(INPUTS), self.B))
+        for name, v in values.items():
+            a[INPUTS.index(name)] = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.B,))
+        self.inp.from_numpy(a.astype(self.np_real))
 
     def get_inputs(self):
-        return {n: f.to_numpy().astype(np.float64) for n, f in self.inp.items()}
+        """Current inputs: name -> array (B,)."""
+        a = self.inp.to_numpy().astype(np.float64)
+        return {n: a[j] for j, n in enumerate(INPUTS)}
 
     def forward(self, objective="miss", maximize=False) -> float:
         """Simulate every cannon; returns the batch objective (sum over cannons).
@@ -315,14 +323,16 @@ class Projectile(runtime.RuntimeBound):
             t0, n = self.segs[i]
             k["segment"].grad(i, t0, n, self.dt, self._dummy, False)
         k["launch"].grad()
-        return {n: f.grad.to_numpy().astype(np.float64) for n, f in self.inp.items()}
+        g = self.inp.grad.to_numpy().astype(np.float64)
+        return {n: g[j] for j, n in enumerate(INPUTS)}
 
     def outputs(self):
         """Landing x, z [m], time [s] per cannon, and ``landed`` (False: still flying at
         the horizon), ``bounces`` made."""
         self._check_runtime()
         K = len(self.segs)
-        d = {n: f.to_numpy().astype(np.float64) for n, f in self.out.items()}
+        a = self.out.to_numpy().astype(np.float64)
+        d = {n: a[j] for j, n in enumerate(OUTPUTS)}
         d["landed"] = self.alive.to_numpy()[K] == 0
         d["bounces"] = self.nbounce.to_numpy()[K]
         return d

@@ -1,0 +1,1 @@
+"""Tasks: scene kinds that turn a system into a Problem (objective + parameters)."""

@@ -1,0 +1,395 @@
+"""Cannon aiming: find launch parameters that land each cannonball on its target.
+
+Scene kind ``cannon``. One cannon per target, all simulated in one batch; the objective
+is Σ ½·miss² (m²) over targets, or a landing range / flight time. Gradients come from
+Taichi's reverse mode through the projectile simulation (:mod:`diffsim.systems.projectile`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import runtime
+from ..errors import DiffsimError
+from ..optim import Adam, LBFGS, minimize
+from ..problem import Param, Parameters, Problem
+from ..scene import REQUIRED, Key
+from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
+
+DESCRIPTION = "projectile under gravity, quadratic drag and wind; aim at targets"
+
+LAUNCH_PARAMS = ("angle", "speed", "azimuth", "height")
+PHYSICS_PARAMS = ("gravity", "drag", "wind_x", "wind_z", "restitution")
+UNITS = {"angle": "rad", "speed": "m/s", "azimuth": "rad", "height": "m", "gravity": "m/s²",
+         "drag": "1/m", "wind_x": "m/s", "wind_z": "m/s", "restitution": ""}
+DEFAULT_BOUNDS = {"angle": (0.0, math.pi / 2), "speed": (1.0, 100.0),
+                  "azimuth": (-math.pi, math.pi), "height": (0.0, 1e4),
+                  "gravity": (0.0, 1e3), "drag": (0.0, 10.0), "wind_x": (-100.0, 100.0),
+                  "wind_z": (-100.0, 100.0), "restitution": (0.0, 1.0)}
+ALL_PARAMS = LAUNCH_PARAMS + PHYSICS_PARAMS
+
+
+def _bounds_check(v):
+    for name, b in v.items():
+        if name not in ALL_PARAMS:
+            return f"unknown parameter {name!r} in bounds; known: {', '.join(ALL_PARAMS)}"
+        if not (isinstance(b, list) and len(b) == 2 and all(isinstance(x, (int, float)) for x in b)
+                and all(math.isfinite(x) for x in b) and b[0] < b[1]):
+            return f"bounds.{name} must be [low, high] with low < high"
+    return None
+
+
+def _params_check(v):
+    bad = [p for p in v if p not in ALL_PARAMS]
+    return f"unknown parameter(s) {bad}; known: {', '.join(ALL_PARAMS)}" if bad else None
+
+
+SCHEMA = {
+    "physics": {
+        "gravity": Key("float", 9.81, "m/s², downward", lo=0.0, lo_open=True),
+        "drag": Key("float", 0.0, "quadratic drag per unit mass k [1/m]: a = -k|v-w|(v-w)", lo=0.0),
+        "wind": Key("floats", [0.0], "horizontal wind [m/s]: [wx] or [wx, wz]", length={1, 2}),
+        "restitution": Key("float", 0.5, "vertical coefficient of restitution", lo=0.0, hi=1.0),
+        "bounces": Key("int", 0, "impacts that bounce before the landing", lo=0, hi=100),
+    },
+    "launch": {
+        "speed": Key("float", 30.0, "m/s", lo=0.0, lo_open=True),
+        "angle": Key("float", 0.6, "elevation above horizontal [rad]", lo=-math.pi / 2, hi=math.pi / 2),
+        "azimuth": Key("float", 0.0, "from +x towards +z [rad] (3D)", lo=-math.pi, hi=math.pi),
+        "height": Key("float", 0.0, "launch height [m]", lo=0.0),
+    },
+    "sim": {
+        "dt": Key("float", 0.01, "time step [s]", lo=0.0, lo_open=True, hi=10.0),
+        "t_max": Key("float", 0.0, "longest flight simulated [s]; 0 = from the speed bound", lo=0.0),
+        "integrator": Key("str", "symplectic_euler", choices=INTEGRATORS),
+        "dims": Key("int", 2, "2 (x, y) or 3 (x, y, z)", choices=(2, 3)),
+    },
+    "target": {
+        "x": Key("floats", [100.0], "target x per cannon [m]", length=None),
+        "z": Key("floats", [], "target z per cannon [m] (3D; default 0)"),
+        "arc": Key("str", "low", "which solution: low, high or any", choices=("low", "high", "any")),
+        "tolerance": Key("float", 1e-3, "a target counts as hit when the miss is below this [m]",
+                         lo=0.0, lo_open=True),
+    },
+    "objective": {
+        "type": Key("str", "miss", choices=OBJECTIVES),
+        "maximize": Key("bool", False, "negate the objective (e.g. maximise range)"),
+    },
+    "optimize": {
+        "params": Key("any", ["angle"], "parameters to optimise", check=lambda v: (
+            "expected a list of parameter names" if not (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            else _params_check(v))),
+        "bounds": Key("table", {}, "name = [low, high]", check=_bounds_check),
+        "optimizer": Key("str", "adam", choices=("adam", "lbfgs")),
+        "iterations": Key("int", 300, lo=1, hi=1_000_000),
+        "lr": Key("float", 0.02, "Adam step size [parameter units]", lo=0.0, lo_open=True),
+        "decay": Key("float", 0.98, "Adam learning-rate decay per iteration", lo=0.0, lo_open=True, hi=1.0),
+        # ½·miss² has gradients 10⁴× smaller near the target than far away: a long second-
+        # moment memory (0.999) then shrinks Adam's steps to nothing before it arrives.
+        "beta2": Key("float", 0.9, "Adam second-moment decay", lo=0.0, lo_open=True, hi=1.0, hi_open=True),
+        "method": Key("str", "discrete", choices=("discrete", "fd")),
+        "seed": Key("int", 0),
+    },
+}
+
+
+def check_scene(sc):
+    t, d = sc["target"], sc["sim"]["dims"]
+    if len(t["x"]) == 0:
+        raise sc.error("needs at least one target", key="target.x", value=t["x"])
+    if t["z"] and len(t["z"]) != len(t["x"]):
+        raise sc.error(f"needs one entry per target ({len(t['x'])})", key="target.z", value=t["z"])
+    if d == 2 and (any(t["z"]) or len(sc["physics"]["wind"]) == 2 and sc["physics"]["wind"][1] != 0):
+        raise sc.error("z components need sim.dims = 3", key="sim.dims", value=d)
+    for name in sc["optimize"]["params"]:
+        lo, hi = sc["optimize"]["bounds"].get(name, DEFAULT_BOUNDS[name])
+        if name in ("azimuth", "wind_z") and d == 2:
+            raise sc.error(f"'{name}' exists only in 3D (sim.dims = 3)", key="optimize.params",
+                           value=sc["optimize"]["params"])
+
+
+class CannonProblem(Problem):
+    """Aim B cannons (one per target) by optimising their launch parameters.
+
+    Parameters: per-cannon launch values (``angle``, ``speed``, … or ``angle[i]`` with
+    several targets) and shared physics (``gravity``, ``drag``, ``wind_x``, …).
+    Objective: Σ_b ½·|landing_b − target_b|² [m²] (or range / flight time).
+    """
+
+    name = "cannon"
+    methods = ("discrete", "fd")
+
+    def __init__(self, scene):
+        self.scene = scene
+        ph, la, sim, tg, opt = (scene[k] for k in ("physics", "launch", "sim", "target", "optimize"))
+        self.dims = sim["dims"]
+        self.targets_x = np.array(tg["x"], dtype=np.float64)
+        self.targets_z = np.array(tg["z"] or [0.0] * len(tg["x"]), dtype=np.float64)
+        self.B = len(self.targets_x)
+        self.tolerance = tg["tolerance"]
+        self.objective_type, self.maximize = scene["objective"]["type"], scene["objective"]["maximize"]
+        self.opt_cfg = opt
+        bounds = {n: tuple(opt["bounds"].get(n, DEFAULT_BOUNDS[n])) for n in ALL_PARAMS}
+        free = set(opt["params"])
+        wind = list(ph["wind"]) + [0.0] * (2 - len(ph["wind"]))
+        values = {"angle": la["angle"], "speed": la["speed"], "azimuth": la["azimuth"],
+                  "height": la["height"], "gravity": ph["gravity"], "drag": ph["drag"],
+                  "wind_x": wind[0], "wind_z": wind[1], "restitution": ph["restitution"]}
+        for n in ALL_PARAMS:
+            lo, hi = bounds[n]
+            if n in free and not lo <= values[n] <= hi:
+                raise scene.error(f"the start value {values[n]} of '{n}' is outside its bounds "
+                                  f"[{lo}, {hi}]", key=f"optimize.bounds.{n}", value=[lo, hi])
+        names = [n for n in LAUNCH_PARAMS if self.dims == 3 or n != "azimuth"]
+        phys = [n for n in PHYSICS_PARAMS if self.dims == 3 or n != "wind_z"]
+        plist = []
+        self._launch_names = names
+        for n in names:
+            for b in range(self.B):
+                pname = n if self.B == 1 else f"{n}[{b}]"
+                plist.append(Param(pname, values[n], *bounds[n], optimize=n in free, unit=UNITS[n]))
+        for n in phys:
+            plist.append(Param(n, values[n], *bounds[n], optimize=n in free, unit=UNITS[n]))
+        self.params = Parameters(plist)
+        self.bounces = ph["bounces"]
+        self.dt = sim["dt"]
+        vmax = bounds["speed"][1] if "speed" in free else la["speed"]
+        t_max = sim["t_max"] or self._auto_t_max(vmax, ph["gravity"], la["height"])
+        steps = max(1, math.ceil(t_max / self.dt))
+        if steps > 10_000_000:
+            raise scene.error(f"t_max/dt = {steps} steps is too many; raise sim.dt or lower "
+                              "sim.t_max", key="sim.dt", value=self.dt)
+        self.sim = Projectile(self.B, steps=steps, dt=self.dt, dims=self.dims,
+                              integrator=sim["integrator"], bounces=self.bounces)
+        self.sim.set_inputs(target_x=self.targets_x, target_z=self.targets_z)
+        self._arc_done = False
+
+    def _auto_t_max(self, vmax, g, h):
+        # Vacuum flight time at the highest speed, ×(bounces+1), with margin: drag only
+        # shortens flights, so every cannon lands inside the horizon.
+        t = (vmax + math.sqrt(vmax * vmax + 2 * g * h)) / g
+        return 1.2 * t * (self.bounces + 1) + 10 * self.dt
+
+    # -- parameters -> simulator -----------------------------------------------------
+    def _load(self, x):
+        idx = 0
+        vals = {}
+        for n in self._launch_names:
+            vals[n] = x[idx: idx + self.B]
+            idx += self.B
+        phys = [n for n in PHYSICS_PARAMS if self.dims == 3 or n != "wind_z"]
+        for n in phys:
+            vals[n] = x[idx]
+            idx += 1
+        self.sim.set_inputs(**vals)
+
+    def _grad_vector(self, gin):
+        out = []
+        for n in self._launch_names:
+            out.append(gin[n])
+        for n in (n for n in PHYSICS_PARAMS if self.dims == 3 or n != "wind_z"):
+            out.append([gin[n].sum()])
+        return np.concatenate(out)
+
+    def _objective(self, x):
+        self._load(x)
+        return self.sim.forward(self.objective_type, self.maximize)
+
+    def _value_and_grad(self, x, method):
+        f = self._objective(x)
+        return f, self._grad_vector(self.sim.backward())
+
+    def _miss2(self, x):
+        """½·miss² per cannon from the last simulation (run at ``x`` inside minimize)."""
+        o = self.sim.outputs()
+        return 0.5 * ((o["land_x"] - self.targets_x) ** 2 + (o["land_z"] - self.targets_z) ** 2)
+
+    # -- outputs -----------------------------------------------------------------------
+    def landing(self, x=None):
+        """Per-cannon landing x, z [m], flight time [s], miss [m] and landed flags."""
+        self._objective(self._as_x(x))
+        o = self.sim.outputs()
+        o["miss"] = np.hypot(o["land_x"] - self.targets_x, o["land_z"] - self.targets_z)
+        return o
+
+    def converged(self, x, f):
+        if self.objective_type != "miss" or self.maximize:
+            return False
+        return bool(np.all(np.sqrt(2 * np.maximum(self._miss2(x), 0)) < self.tolerance))
+
+    def progress_info(self, x):
+        if self.objective_type != "miss":
+            return {}
+        return {"max miss [m]": f"{np.sqrt(2 * self._miss2(x)).max():.3g}"}
+
+    def summary(self, x=None):
+        x = self._as_x(x)
+        o = self.landing(x)
+        d = {"objective": self.objective(x), "params": self.params.as_dict(x),
+             "landing_x": o["land_x"], "landing_z": o["land_z"], "flight_time": o["land_t"],
+             "landed": o["landed"], "targets_x": self.targets_x, "miss": o["miss"]}
+        if self.dims == 2:
+            d.pop("landing_z")
+        if not o["landed"].all():
+            d["warning"] = ("some cannonballs were still flying at t_max = "
+                            f"{self.sim.steps * self.dt:.3g} s; raise sim.t_max")
+        return d
+
+    def summary_text(self, s):
+        lines = [f"objective = {s['objective']:.10g}"]
+        for i in range(self.B):
+            lines.append(f"  cannon {i}: lands at x = {s['landing_x'][i]:.6g} m after "
+                         f"{s['flight_time'][i]:.4g} s; target {self.targets_x[i]:.6g} m, "
+                         f"miss {s['miss'][i]:.4g} m")
+        if "warning" in s:
+            lines.append("warning: " + s["warning"])
+        return "\n".join(lines)
+
+    def trajectories(self, x=None):
+        """Positions (steps + 1, B, 3) [m] at ``x``, trimmed after the last landing."""
+        self._load(self._as_x(x))
+        tr = self.sim.trace()
+        moving = np.any(np.abs(np.diff(tr, axis=0)) > 0, axis=(1, 2))
+        last = int(np.nonzero(moving)[0].max()) + 2 if moving.any() else 1
+        return tr[:last]
+
+    # -- arcs and reachability -----------------------------------------------------------
+    def max_range_angle(self, speed, iterations=48):
+        """Elevation [rad] that maximises each cannon's landing distance at ``speed``
+        [m/s] (array (B,)), and that distance [m]. Golden-section search on the range,
+        all cannons at once on this problem's own simulator (no extra compile)."""
+        saved = self.sim.get_inputs()
+        x0, z0 = saved["x0"], saved["z0"]
+
+        def rng(angle):
+            self.sim.set_inputs(angle=angle, speed=speed)
+            self.sim.forward("range")
+            o = self.sim.outputs()
+            return np.hypot(o["land_x"] - x0, o["land_z"] - z0)
+
+        invphi = (math.sqrt(5) - 1) / 2
+        a, b = np.full(self.B, 0.01), np.full(self.B, math.pi / 2 - 0.01)
+        c, d = b - invphi * (b - a), a + invphi * (b - a)
+        fc, fd = rng(c), rng(d)
+        for _ in range(iterations):
+            left = fc > fd  # the maximum lies in [a, d]: drop (d, b]; else drop [a, c)
+            kept_f = np.where(left, fc, fd)
+            a, b, c_old, d_old = np.where(left, a, c), np.where(left, d, b), c, d
+            c = np.where(left, b - invphi * (b - a), d_old)
+            d = np.where(left, c_old, a + invphi * (b - a))
+            fnew = rng(np.where(left, c, d))
+            fc, fd = np.where(left, fnew, kept_f), np.where(left, kept_f, fnew)
+        best = 0.5 * (a + b)
+        r = rng(best)
+        self.sim.set_inputs(**saved)
+        return best, r
+
+    def _pname(self, n, b):
+        return n if self.B == 1 else f"{n}[{b}]"
+
+    def _prepare_arcs(self):
+        """Restrict each elevation to the low or high branch (split at the angle of
+        maximum range) and start from the vacuum solution clipped into that branch."""
+        if self._arc_done or "angle" not in self.opt_cfg["params"]:
+            return
+        self._arc_done = True
+        arc = self.scene["target"]["arc"]
+        speed_free = "speed" in self.opt_cfg["params"]
+        sp = np.array([getattr(self.params[self._pname("speed", b)], "upper" if speed_free else "value")
+                       for b in range(self.B)])
+        a_star, self.max_range = self.max_range_angle(sp)
+        g = self.params["gravity"].value
+        x0 = self.sim.get_inputs()["x0"]
+        for b in range(self.B):
+            p = self.params[self._pname("angle", b)]
+            d = math.hypot(self.targets_x[b] - x0[b], self.targets_z[b])
+            v = self.params[self._pname("speed", b)].value
+            low = 0.5 * math.asin(min(1.0, g * d / (v * v)))
+            if arc == "low":
+                p.upper = min(p.upper, a_star[b])
+                guess = min(low, 0.9 * a_star[b])
+            elif arc == "high":
+                p.lower = max(p.lower, a_star[b])
+                guess = max(math.pi / 2 - low, a_star[b] + 0.1 * (math.pi / 2 - a_star[b]))
+            else:
+                continue
+            p.value = float(np.clip(guess, p.lower, p.upper))
+
+    # -- optimisation ------------------------------------------------------------------
+    def make_optimizer(self, name=None):
+        cfg = self.opt_cfg
+        name = name or cfg["optimizer"]
+        if name == "lbfgs":
+            return LBFGS()
+        return Adam(lr=cfg["lr"], decay=cfg["decay"], beta2=cfg["beta2"])
+
+    def aim(self, iterations=None, optimizer=None, method=None, progress=False, callback=None):
+        """Optimise the scene's parameters; returns (OptimizeResult, report dict).
+
+        The report says per target whether it was hit (miss < tolerance) and, when not,
+        that it is unreachable within the parameter bounds, with the closest miss.
+        """
+        self._prepare_arcs()
+        res = minimize(self, self.make_optimizer(optimizer), iterations=iterations or self.opt_cfg["iterations"],
+                       method=method or self.opt_cfg["method"], progress=progress, callback=callback)
+        o = self.landing(res.x)
+        hit = o["miss"] < self.tolerance
+        report = {"params": self.params.as_dict(res.x), "objective": res.objective,
+                  "miss": o["miss"], "reachable": hit, "landing_x": o["land_x"],
+                  "flight_time": o["land_t"], "targets_x": self.targets_x,
+                  "iterations": res.iterations, "status": res.status,
+                  "seconds": res.seconds}
+        if self.objective_type == "miss" and not self.maximize:
+            report["success"] = bool(hit.all()) and res.status != "interrupted"
+            if hasattr(self, "max_range"):
+                report["max_range"] = self.max_range
+            if not hit.all():
+                report["message"] = ("unreachable within the parameter bounds: " + ", ".join(
+                    f"target {i} at {self.targets_x[i]:.6g} m (closest miss {o['miss'][i]:.4g} m)"
+                    for i in np.nonzero(~hit)[0]))
+        else:
+            report["success"] = res.status != "interrupted"
+        return res, report
+
+    def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
+                         out=None, progress=True, plots=True):
+        if resume:
+            raise DiffsimError("--resume is not supported for cannon scenes (they converge in "
+                               "seconds); run optimize again")
+        snapshots = []
+        every = max(1, (iterations or self.opt_cfg["iterations"]) // 12)
+
+        def cb(it, x, f, g):
+            if plots and (it % every == 0):
+                snapshots.append((it, self.trajectories(x)))
+            return False
+
+        res, report = self.aim(iterations=iterations, method=method, progress=progress, callback=cb)
+        if plots and out is not None:
+            from .. import plot
+            snapshots.append((res.iterations, self.trajectories(res.x)))
+            report["plots"] = [str(p) for p in plot.cannon_optimization_plots(self, res, snapshots, out)]
+        return report
+
+    def report_text(self, r):
+        lines = [f"status: {r['status']} after {r['iterations']} iterations ({r['seconds']:.2f} s)",
+                 "parameters:", "\n".join(f"  {k} = {v:.10g}" for k, v in r["params"].items())]
+        if "miss" in r:
+            for i in range(self.B):
+                lines.append(f"  target {i} at {self.targets_x[i]:.6g} m: lands at "
+                             f"{r['landing_x'][i]:.6g} m, miss {r['miss'][i]:.3g} m "
+                             f"({'hit' if r['reachable'][i] else 'UNREACHABLE'})")
+        if "message" in r:
+            lines.append(r["message"])
+        if r.get("plots"):
+            lines.append("plots: " + ", ".join(r["plots"]))
+        return "\n".join(lines)
+
+    def plot_run(self, out):
+        from .. import plot
+        return plot.cannon_run_plots(self, out)
+
+
+def build(scene, **_):
+    return CannonProblem(scene)
