@@ -20,6 +20,7 @@ from .errors import SceneError
 #: kind name -> module that defines SCHEMA, DESCRIPTION and build(scene)
 KINDS = {
     "cannon": "diffsim.tasks.cannon",
+    "mass_spring": "diffsim.tasks.mass_spring",
 }
 
 SCENE_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenes"
