@@ -297,6 +297,7 @@ class Projectile(runtime.RuntimeBound):
         self._check_runtime()
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
+        self._check_stability()
         k = self._k
         k["clear"]()
         k["launch"]()
@@ -311,6 +312,22 @@ class Projectile(runtime.RuntimeBound):
                 f"the simulation produced {val} (it blew up): dt={self.dt} s may be too large "
                 "for this drag and speed, or a parameter is NaN; lower sim.dt or check the inputs")
         return val
+
+    def _check_stability(self):
+        # An explicit step of dv/dt = -k|v|v is stable only for dt·k·|v| < 1; beyond it the
+        # speed flips sign and grows every step: finite but meaningless numbers.
+        a = self.inp.to_numpy().astype(np.float64)
+        k, g = a[I_DRAG], a[I_GRAVITY]
+        v = np.abs(a[I_SPEED]) + np.hypot(a[I_WIND_X], a[I_WIND_Z])
+        vterm = np.sqrt(np.where(k > 0, g / np.where(k > 0, k, 1.0), 0.0))
+        worst = float(np.max(self.dt * k * np.maximum(v, vterm)))
+        if worst > 1.0 or not np.all(np.isfinite(a)):
+            bad = [n for j, n in enumerate(INPUTS) if not np.all(np.isfinite(a[j]))]
+            if bad:
+                raise SimulationError(f"input(s) {', '.join(bad)} are NaN or infinite")
+            raise SimulationError(
+                f"the simulation would blow up: dt·drag·speed = {worst:.3g} > 1 makes the "
+                f"explicit step unstable; lower sim.dt below {self.dt / worst:.3g} s or the drag")
 
     def backward(self):
         """Reverse-mode sweep after :meth:`forward`; returns d objective / d input, each (B,)."""
