@@ -98,9 +98,10 @@ class MassSpring(runtime.RuntimeBound):
         self.fx, self.fy = f((B, T, N)), f((B, T, N))
         self.cx, self.cy = f((B, T)), f((B, T))
         self.u = f((B, T, A))
-        self.sa, self.sb = ti.field(ti.i32, S), ti.field(ti.i32, S)
-        self.aidx, self.pin = ti.field(ti.i32, S), ti.field(ti.i32, N)
-        self.p = {n: f((B, S)) for n in ("stiffness", "damping", "rest", "actuation")}
+        S1 = max(S, 1)   # Taichi fields need positive sizes; loops run over S
+        self.sa, self.sb = ti.field(ti.i32, S1), ti.field(ti.i32, S1)
+        self.aidx, self.pin = ti.field(ti.i32, S1), ti.field(ti.i32, N)
+        self.p = {n: f((B, S1)) for n in ("stiffness", "damping", "rest", "actuation")}
         self.p.update({n: f((B, N)) for n in ("mass", "x0", "y0", "vx0", "vy0")})
         c = self.controller
         if c == "neural":
@@ -125,12 +126,13 @@ class MassSpring(runtime.RuntimeBound):
         self._check_runtime()
         if body.n_masses != self.N or body.n_springs != self.S:
             raise DiffsimError("reset_body needs a body with the same masses and springs")
-        self.sa.from_numpy(body.springs[:, 0].astype(np.int32))
-        self.sb.from_numpy(body.springs[:, 1].astype(np.int32))
-        self.aidx.from_numpy(np.maximum(self.act_idx, 0).astype(np.int32))
+        pad = lambda a, v=0: np.concatenate([a, np.full(max(1 - len(a), 0), v, dtype=a.dtype)])
+        self.sa.from_numpy(pad(body.springs[:, 0].astype(np.int32)))
+        self.sb.from_numpy(pad(body.springs[:, 1].astype(np.int32)))
+        self.aidx.from_numpy(pad(np.maximum(self.act_idx, 0).astype(np.int32)))
         self.pin.from_numpy(body.pinned.astype(np.int32))
-        self.set(stiffness=body.stiffness, damping=body.damping, rest=body.rest,
-                 actuation=np.where(self.act_idx >= 0, body.actuation, 0.0), mass=body.mass,
+        self.set(stiffness=pad(body.stiffness), damping=pad(body.damping), rest=pad(body.rest, 1.0),
+                 actuation=pad(np.where(self.act_idx >= 0, body.actuation, 0.0)), mass=body.mass,
                  x0=body.x[:, 0], y0=body.x[:, 1], vx0=body.v[:, 0], vy0=body.v[:, 1])
 
     # -- parameters --------------------------------------------------------------------

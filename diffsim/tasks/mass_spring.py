@@ -265,6 +265,8 @@ class MassSpringProblem(Problem):
             self._make_params()
         opt = optimizer or self.make_optimizer()
         out = pathlib.Path(out) if out is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
         ck = out / "checkpoint.json" if out is not None else None
         hist = {"loss": [], "grad_norm": []}
         done = 0
