@@ -26,6 +26,8 @@ class Param:
     upper: float = math.inf
     optimize: bool = False
     unit: str = ""
+    #: typical magnitude: finite differences step by fd_step·max(|value|, scale)
+    scale: float = 1.0
 
 
 class Parameters:
@@ -140,13 +142,14 @@ class Problem:
         return self.value_and_grad(x, method)[1]
 
     def fd_gradient(self, x=None, which=None, step=None) -> np.ndarray:
-        """Central finite differences of the objective, entry i with step h·max(|x_i|,1)."""
+        """Central finite differences of the objective, entry i with step
+        h·max(|x_i|, scale_i) (scale: the parameter's typical magnitude)."""
         x = self._as_x(x)
         h = self.fd_step if step is None else step
         g = np.zeros_like(x)
         idx = range(len(x)) if which is None else which
         for i in idx:
-            hi = h * max(abs(x[i]), 1.0)
+            hi = h * max(abs(x[i]), self.params.items[i].scale)
             xp, xm = x.copy(), x.copy()
             xp[i] += hi
             xm[i] -= hi

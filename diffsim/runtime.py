@@ -16,10 +16,36 @@ boundary states are stored, so any horizon is safe and memory is O(segments).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import sys
 
-import taichi as ti
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send file descriptor 1 to stderr for a while: Taichi prints its banner and
+    "Starting on arch" to stdout (from C++ and Python), which would corrupt `--json`."""
+    try:
+        fd = sys.stdout.fileno()
+        err = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured streams (pytest, notebooks)
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        os.dup2(err, fd)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+with _stdout_to_stderr():
+    import taichi as ti
 
 from .errors import DiffsimError, RuntimeStateError
 
@@ -92,8 +118,9 @@ def init(arch: str = "cpu", precision: str = "f64", *, verbose: bool = False) ->
         ti_arch = _arch_of(arch)
     if precision == "f64" and arch in ("vulkan", "metal"):
         raise DiffsimError(f"arch={arch!r} has no float64; pass precision='f32' or use cpu/cuda")
-    ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, ad_stack_size=AD_STACK_SIZE,
-            offline_cache=True, log_level=ti.INFO if verbose else ti.WARN)
+    with _stdout_to_stderr():
+        ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, ad_stack_size=AD_STACK_SIZE,
+                offline_cache=True, log_level=ti.INFO if verbose else ti.WARN)
     picked = _picked_arch()
     if arch not in ("auto", picked):
         # Taichi silently falls back to CPU when the asked-for backend is missing.

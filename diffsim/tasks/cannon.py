@@ -150,7 +150,8 @@ class CannonProblem(Problem):
                 pname = n if self.B == 1 else f"{n}[{b}]"
                 plist.append(Param(pname, values[n], *bounds[n], optimize=n in free, unit=UNITS[n]))
         for n in phys:
-            plist.append(Param(n, values[n], *bounds[n], optimize=n in free, unit=UNITS[n]))
+            plist.append(Param(n, values[n], *bounds[n], optimize=n in free, unit=UNITS[n],
+                               scale=1e-3 if n == "drag" else 1.0))
         self.params = Parameters(plist)
         self.bounces = ph["bounces"]
         self.dt = sim["dt"]
@@ -163,6 +164,7 @@ class CannonProblem(Problem):
         self.sim = Projectile(self.B, steps=steps, dt=self.dt, dims=self.dims,
                               integrator=sim["integrator"], bounces=self.bounces)
         self.sim.set_inputs(target_x=self.targets_x, target_z=self.targets_z)
+        self._load(self.params.vector)
         self._arc_done = False
 
     def _auto_t_max(self, vmax, g, h):
@@ -259,6 +261,7 @@ class CannonProblem(Problem):
         """Elevation [rad] that maximises each cannon's landing distance at ``speed``
         [m/s] (array (B,)), and that distance [m]. Golden-section search on the range,
         all cannons at once on this problem's own simulator (no extra compile)."""
+        self._load(self.params.vector)
         saved = self.sim.get_inputs()
         x0, z0 = saved["x0"], saved["z0"]
 
