@@ -334,29 +334,42 @@ class MassSpringProblem(Problem):
         return report
 
     def _minimize_checkpointed(self, opt, x0, iterations, method, progress, callback, ck, done, hist):
-        """First-order loop (Adam/GD) whose checkpoint after each step holds the *next*
-        point and the optimiser state, so resuming reproduces an uninterrupted run."""
-        from ..optim import minimize
-
-        class _Stepper:
-            name = opt.name
-
-            def step(s, xf, g):
-                nxt = opt.step(xf, g)
+        """First-order loop (Adam/GD) in the parameters' own units. After each step the
+        checkpoint holds the *next* point and the optimiser state, so resuming reproduces
+        an uninterrupted run. Ctrl-C returns the best point so far (status "interrupted")."""
+        import time
+        from ..optim import OptimizeResult, History, _Progress
+        free = self.params.free
+        lo, hi = self.params.lower[free], self.params.upper[free]
+        x = np.array(x0, dtype=np.float64)
+        x[free] = np.clip(x[free], lo, hi)
+        best = {"f": math.inf, "x": x.copy()}
+        h = History()
+        bar = _Progress(iterations, progress, f"optimize {self.name}")
+        t0, status = time.perf_counter(), "max_iterations"
+        try:
+            for it in range(iterations):
+                f, g = self.value_and_grad(x, method)
+                callback(it, x, f, g)
+                h.append(f, g[free], x, time.perf_counter() - t0)
+                if f < best["f"]:
+                    best["f"], best["x"] = f, x.copy()
+                bar.update(f, self.progress_info(x))
+                x = x.copy()
+                x[free] = np.clip(opt.step(x[free], g[free]), lo, hi)
                 if ck is not None:
                     st = self._pending
-                    full = self.params.vector.copy() if False else np.array(st["x"])
-                    full[self.params.free] = np.clip(nxt, self.params.lower[self.params.free],
-                                                     self.params.upper[self.params.free])
-                    st["x"] = full.tolist()
+                    st["x"] = x.tolist()
                     st["optimizer"] = opt.state_dict()
                     tmp = ck.with_suffix(".tmp")
                     tmp.write_text(json.dumps(st))
                     tmp.replace(ck)
-                return nxt
-
-        return minimize(self, _Stepper(), iterations=iterations, x0=x0, progress=progress,
-                        callback=callback, method=method)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            bar.close()
+        self.set(best["x"])
+        return OptimizeResult(best["x"], best["f"], len(h.loss), status, h, time.perf_counter() - t0)
 
     def report_text(self, r):
         lines = [f"{self.name}: objective {r['initial_objective']:.6g} -> {r['objective']:.6g} "
