@@ -8,10 +8,12 @@ from .problem import Param, Parameters, Problem
 from .gradcheck import gradcheck
 from .optim import LBFGS, Adam, GradientDescent, minimize
 from .scene import build, load
+from .systems.bodies import Body
+from .systems.mass_spring import MassSpring
 
 __all__ = [
     "init", "load", "build", "Problem", "Param", "Parameters", "gradcheck", "minimize",
-    "Adam", "GradientDescent", "LBFGS",
+    "Adam", "GradientDescent", "LBFGS", "MassSpring", "Body",
     "DiffsimError", "SceneError", "SimulationError", "GradientError", "RuntimeStateError",
 ]
 __version__ = "0.1.0"
