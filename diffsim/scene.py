@@ -20,6 +20,7 @@ from .errors import SceneError
 #: kind name -> module that defines SCHEMA, DESCRIPTION and build(scene)
 KINDS = {
     "cannon": "diffsim.tasks.cannon",
+    "ode": "diffsim.tasks.ode",
     "mass_spring": "diffsim.tasks.mass_spring",
 }
 

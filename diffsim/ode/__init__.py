@@ -1,0 +1,13 @@
+"""ODE systems, integrators, gradient methods, fitting and sensitivity analysis.
+
+Public API: :class:`ODE`, :func:`solve` / :class:`Solution`, the solvers (Euler,
+SemiImplicitEuler, Leapfrog, Midpoint, RK4, Dopri5, BackwardEuler) and
+:class:`Adjoint`. See docs/ode.md.
+"""
+from .system import ODE
+from .solvers import (BackwardEuler, Dopri5, Euler, Leapfrog, Midpoint, RK4,
+                      SemiImplicitEuler, Solver, make_solver)
+from .solve import Solution, solve
+
+__all__ = ["ODE", "solve", "Solution", "Solver", "Euler", "SemiImplicitEuler", "Leapfrog",
+           "Midpoint", "RK4", "Dopri5", "BackwardEuler", "make_solver"]

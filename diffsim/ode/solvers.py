@@ -1,0 +1,188 @@
+"""Integrators as small strategy objects: each builds a Taichi step function.
+
+``solver.make_step(ode)`` returns ``@ti.func step(t, y, p, h) -> y_next`` (vectors of
+n_state). Every stage is built componentwise (see :mod:`diffsim.ode.system`), so the
+same step is differentiated by Taichi's reverse mode (method "discrete"), forward mode
+(method "forward") and used by the continuous adjoint. ``order`` is the global order of
+accuracy in h.
+"""
+import taichi as ti
+from taichi.lang import impl as _impl
+
+from ..errors import DiffsimError
+
+
+def _comb(n, cs):
+    """Trace-time helper: y + h·Σ c_j k_j componentwise (zeros skipped), as one
+    expression per component (whole-vector arithmetic breaks reverse AD)."""
+    idx = [j for j, c in enumerate(cs) if c != 0.0]
+
+    def comb(y, h, ks):
+        if not idx:
+            return ti.Vector([_at(y, i) for i in range(n)])
+        return ti.Vector([_at(y, i) + h * sum([cs[j] * _at(ks[j], i) for j in idx])
+                          for i in range(n)])
+    return comb
+
+
+def _at(v, i):
+    """v[i] for a Taichi vector expression, usable from trace-time Python helpers."""
+    return _impl.subscript(None, v, i)
+
+
+class Solver:
+    name = "solver"
+    order = 1
+    adaptive = False
+    implicit = False
+
+    def make_step(self, ode):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ExplicitRK(Solver):
+    """An explicit Runge–Kutta method from its Butcher tableau (a, b, c)."""
+
+    a: list = []
+    b: list = []
+    c: list = []
+
+    def make_step(self, ode):
+        f, n, a, b, c = ode.rhs, ode.n, self.a, self.b, self.c
+        s = len(b)
+        combs = [_comb(n, a[i]) for i in range(s)]
+        final = _comb(n, b)
+
+        @ti.func
+        def step(t, y, p, h):
+            k0 = f(t, y, p)
+            ks = [k0]
+            for i in ti.static(range(1, s)):
+                ks.append(f(t + c[i] * h, combs[i](y, h, ks), p))
+            return final(y, h, ks)
+        return step
+
+
+class Euler(ExplicitRK):
+    """Explicit (forward) Euler: y' = y + h f(t, y). Order 1."""
+    name, order = "euler", 1
+    a, b, c = [[]], [1.0], [0.0]
+
+
+class Midpoint(ExplicitRK):
+    """Explicit midpoint (RK2): y' = y + h f(t + h/2, y + h/2 f(t, y)). Order 2."""
+    name, order = "midpoint", 2
+    a, b, c = [[], [0.5]], [0.0, 1.0], [0.0, 0.5]
+
+
+class RK4(ExplicitRK):
+    """Classic 4th-order Runge–Kutta (weights 1/6, 1/3, 1/3, 1/6; not the 3/8 rule)."""
+    name, order = "rk4", 4
+    a = [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]]
+    b = [1 / 6, 1 / 3, 1 / 3, 1 / 6]
+    c = [0.0, 0.5, 0.5, 1.0]
+
+
+class SemiImplicitEuler(Solver):
+    """Symplectic Euler for second-order systems y = (q, v): v' = v + h a(t, q, v),
+    q' = q + h v'. Order 1; energy error stays bounded on conservative systems.
+    Needs ``ODE(second_order=True)``; a(t, q, v) is the velocity half of rhs."""
+    name, order = "semi_implicit_euler", 1
+
+    def make_step(self, ode):
+        f, n = ode.rhs, ode.n
+        _need_second_order(ode, self)
+        d = n // 2
+
+        @ti.func
+        def step(t, y, p, h):
+            k = f(t, y, p)
+            v = [y[d + i] + h * k[d + i] for i in ti.static(range(d))]
+            return ti.Vector([y[i] + h * v[i] for i in ti.static(range(d))] + v)
+        return step
+
+
+class Leapfrog(Solver):
+    """Velocity Verlet / leapfrog (kick–drift–kick) for y = (q, v):
+    v½ = v + h/2 a(t, q, v);  q' = q + h v½;  v' = v½ + h/2 a(t + h, q', v½).
+    Order 2 and symplectic when a depends on q only; with velocity-dependent forces
+    (damping) the second kick uses v½ and the order drops to 1 in the damping term."""
+    name, order = "leapfrog", 2
+
+    def make_step(self, ode):
+        f, n = ode.rhs, ode.n
+        _need_second_order(ode, self)
+        d = n // 2
+
+        @ti.func
+        def step(t, y, p, h):
+            k = f(t, y, p)
+            vh = [y[d + i] + 0.5 * h * k[d + i] for i in ti.static(range(d))]
+            q = [y[i] + h * vh[i] for i in ti.static(range(d))]
+            k2 = f(t + h, ti.Vector(q + vh), p)
+            return ti.Vector(q + [vh[i] + 0.5 * h * k2[d + i] for i in ti.static(range(d))])
+        return step
+
+
+def _need_second_order(ode, solver):
+    if not ode.second_order:
+        raise DiffsimError(f"{type(solver).__name__} integrates second-order systems; build "
+                           f"the ODE with second_order=True (state = positions, then "
+                           f"velocities) or pick RK4()/Midpoint()")
+
+
+class Dopri5(ExplicitRK):
+    """Dormand–Prince 5(4) with adaptive steps (the 5th-order solution is propagated).
+
+    rtol, atol: per-component error tolerance atol + rtol·max(|y|, |y'|) (RMS norm over
+    components and the batch); h0: first step (default (t1 - t0)/100); max_steps: the
+    solve fails with a SimulationError naming it when more steps are needed.
+    Gradients: "discrete" differentiates the recorded accepted steps (step sizes held
+    fixed), "forward" likewise, "adjoint" integrates the adjoint on the same steps.
+    """
+    name, order, adaptive = "dopri5", 5, True
+    c = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
+    a = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+         [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+    b = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
+    #: b - b* (5th minus embedded 4th order weights): the local error estimate
+    e = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
+
+    def __init__(self, rtol=1e-6, atol=1e-9, h0=None, max_steps=100_000):
+        if not (rtol > 0 and atol > 0):
+            raise DiffsimError(f"Dopri5 needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
+        self.rtol, self.atol, self.h0, self.max_steps = float(rtol), float(atol), h0, int(max_steps)
+
+    def __repr__(self):
+        return f"Dopri5(rtol={self.rtol}, atol={self.atol}, max_steps={self.max_steps})"
+
+
+class BackwardEuler(Solver):
+    """Implicit (backward) Euler for stiff systems: y' = y + h f(t + h, y').
+
+    Each step is solved by Newton's method in numpy with the Jacobian ∂f/∂y from Taichi
+    reverse-mode AD of rhs; gradients use the implicit function theorem per step
+    (one linear solve with (I - h J)ᵀ), not differentiation of the Newton iterations.
+    Order 1, L-stable. tol: Newton stopping tolerance (max-norm of the update).
+    """
+    name, order, implicit = "backward_euler", 1, True
+
+    def __init__(self, tol=1e-12, max_newton=50):
+        self.tol, self.max_newton = float(tol), int(max_newton)
+
+
+SOLVERS = {cls.name: cls for cls in (Euler, SemiImplicitEuler, Leapfrog, Midpoint, RK4,
+                                     Dopri5, BackwardEuler)}
+
+
+def make_solver(name, **kw) -> Solver:
+    """A solver by name ("euler", "semi_implicit_euler", "leapfrog", "midpoint", "rk4",
+    "dopri5", "backward_euler")."""
+    if name not in SOLVERS:
+        raise DiffsimError(f"solver={name!r} is not known; use one of {', '.join(SOLVERS)}")
+    return SOLVERS[name](**kw)
