@@ -8,6 +8,7 @@ from .problem import Param, Parameters, Problem
 from .gradcheck import gradcheck
 from .optim import LBFGS, Adam, GradientDescent, minimize
 from .scene import build, load
+from .ode import ODE, solve
 from .systems.bodies import Body
 from .systems.mass_spring import MassSpring
 
