@@ -232,24 +232,6 @@ class Integration(runtime.RuntimeBound):
         self._launch.grad(self.obs0, self.t0)
         return self.P.grad.to_numpy().astype(np.float64), self.Y0.grad.to_numpy().astype(np.float64)
 
-    def jvp(self, seed_p, seed_y0):
-        """Forward-mode directional derivative along (seed_p (B, m), seed_y0 (B, n)):
-        returns (dL_b (B,), dYS (B, J, n), dy_final (B, n))."""
-        self._check_runtime()
-        self._clear()
-        # FwdMode's own seeding fails for 2-D fields (taichi 1.7.4 reshapes wrongly) and
-        # from_numpy/to_numpy inside the context fail to compile: seed P and Y0 before,
-        # enter without clearing (the kernels overwrite every other dual), read after.
-        self.P.dual.from_numpy(np.ascontiguousarray(seed_p, dtype=self.np_real))
-        self.Y0.dual.from_numpy(np.ascontiguousarray(seed_y0, dtype=self.np_real))
-        with ti.ad.FwdMode(loss=self.L, param=self.L, clear_gradients=False):
-            self._clear()
-            self._run()
-        dl = self.LB.dual.to_numpy().astype(np.float64)
-        dys = self.YS.dual.to_numpy().astype(np.float64)
-        dyf = self.S.dual.to_numpy()[len(self.segs)].astype(np.float64)
-        return dl, dys, dyf
-
     def member_losses(self) -> np.ndarray:
         """Loss of each batch member after :meth:`forward`, shape (B,)."""
         return self.LB.to_numpy().astype(np.float64)

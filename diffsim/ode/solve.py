@@ -7,7 +7,7 @@
     sol.grad_params # (B, m) dL/dp;  sol.grad_y0: (B, n) dL/dy0
 
 Gradient methods (``gradient=``): "discrete" (reverse mode through the steps with
-segment checkpointing), "adjoint" (continuous adjoint, see :mod:`diffsim.ode.adjoint`),
+segment checkpointing), "adjoint" (continuous adjoint; not implemented yet),
 "forward" (forward-mode sensitivities, one pass per parameter), "fd" (central
 differences), or None (loss only).
 """
@@ -103,8 +103,8 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
     saveat: (J,) increasing save/observation times on the step grid (default [t1]).
     data: (J, n) or (B, J, n) observations at saveat; weights: same shape (default 1
     where data is given). The loss is Σ w (y - data)² + ∫ running + final (ODE hooks).
-    gradient: None, "discrete", "adjoint", "forward" or "fd". adjoint: an
-    :class:`~diffsim.ode.adjoint.Adjoint` (variant, checkpointing) for gradient="adjoint".
+    gradient: None, "discrete", "adjoint", "forward" or "fd". adjoint: reserved for the
+    continuous-adjoint options (gradient="adjoint" is refused in this version).
     max_fused: most steps per launch (default runtime.MAX_FUSED_STEPS) = checkpoint
     spacing for "discrete".
     """
@@ -143,7 +143,7 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
     it = _integration(ode, solver, B, cap, J, max_fused)
     it.set_grid(h, t, obs, obs0)
     it.set_data(d, w)
-    return run(it, ts, params, y0, gradient, adjoint)
+    return run(it, ts, params, y0, gradient)
 
 
 def _data(data, weights, B, J, n):
@@ -160,7 +160,7 @@ def _data(data, weights, B, J, n):
     return np.nan_to_num(d), w
 
 
-def run(it, ts, params, y0, gradient, adjoint=None) -> Solution:
+def run(it, ts, params, y0, gradient) -> Solution:
     """Run a prepared Integration at (params, y0) with a gradient method."""
     it.set_inputs(params, y0)
     loss = it.forward()
@@ -171,28 +171,8 @@ def run(it, ts, params, y0, gradient, adjoint=None) -> Solution:
                    steps=it.n_steps, segments=len(it.segs), stored_states=len(it.segs) + 1)
     if gradient == "discrete":
         sol.grad_params, sol.grad_y0 = it.backward()
-    elif gradient == "forward":
-        B, m, n = params.shape[0], params.shape[1], y0.shape[1]
-        gp, gy = np.zeros((B, m)), np.zeros((B, n))
-        for j in range(m + (0 if it.ode.y0 is not None else n)):
-            sp, sy = np.zeros((B, m)), np.zeros((B, n))
-            if j < m:
-                sp[:, j] = 1.0
-            else:
-                sy[:, j - m] = 1.0
-            g, _, _ = it.jvp(sp, sy)   # member b depends only on its own inputs
-            if j < m:
-                gp[:, j] = g
-            else:
-                gy[:, j - m] = g
-        sol.grad_params, sol.grad_y0 = gp, gy
-        it.set_inputs(params, y0)
-        it.forward()
     elif gradient == "fd":
         sol.grad_params, sol.grad_y0 = _fd(it, params, y0)
-    elif gradient == "adjoint":
-        from .adjoint import adjoint_gradient
-        sol.grad_params, sol.grad_y0 = adjoint_gradient(it, params, y0, adjoint)
     return sol
 
 

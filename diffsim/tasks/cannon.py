@@ -200,12 +200,12 @@ class CannonProblem(Problem):
 
     def _value_and_grad(self, x, method):
         f = self._objective(x)
-        return f, self._grad_vector(self.sim.backward())
-
-    def _miss2(self, x):
-        """½·miss² per cannon from the last simulation (run at ``x`` inside minimize)."""
+        g = self._grad_vector(self.sim.backward())
         o = self.sim.outputs()
-        return 0.5 * ((o["land_x"] - self.targets_x) ** 2 + (o["land_z"] - self.targets_z) ** 2)
+        # per-cannon ½·miss² of this evaluation, read once for converged/progress_info
+        self._last_miss2 = 0.5 * ((o["land_x"] - self.targets_x) ** 2
+                                  + (o["land_z"] - self.targets_z) ** 2)
+        return f, g
 
     # -- outputs -----------------------------------------------------------------------
     def landing(self, x=None):
@@ -218,12 +218,12 @@ class CannonProblem(Problem):
     def converged(self, x, f):
         if self.objective_type != "miss" or self.maximize:
             return False
-        return bool(np.all(np.sqrt(2 * np.maximum(self._miss2(x), 0)) < self.tolerance))
+        return bool(np.all(np.sqrt(2 * self._last_miss2) < self.tolerance))
 
     def progress_info(self, x):
         if self.objective_type != "miss":
             return {}
-        return {"max miss [m]": f"{np.sqrt(2 * self._miss2(x)).max():.3g}"}
+        return {"max miss [m]": f"{np.sqrt(2 * self._last_miss2).max():.3g}"}
 
     def summary(self, x=None):
         x = self._as_x(x)
