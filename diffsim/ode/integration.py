@@ -13,6 +13,13 @@ into a local before the inner loop got a wrong reverse-mode gradient, measured).
 launch integrates one segment of at most ``max_fused`` steps; reverse mode calls the
 segments' ``.grad`` kernels backwards, so memory is K + 1 stored states plus one
 segment's autodiff stack: O(K + N/K).
+
+Launch overhead matters at this size (one Lotka–Volterra RK4 step is ~50 ns): a parallel
+top-level loop costs ~150 µs per launch on CPU even for one iteration, a serialized one
+~20 µs, and ``field.from_numpy``/``to_numpy`` each cost a parallel launch. So batch loops
+run serialized below :data:`PARALLEL_MIN` members, inputs and outputs travel through one
+kernel with ``ndarray`` arguments each, and the step grid and data are re-uploaded only
+when they change.
 """
 import math
 import warnings
@@ -26,6 +33,10 @@ from ..errors import DiffsimError
 
 # trace-time helpers (pack, sum) build expressions on purpose; Taichi warns about them
 warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+
+#: batch size from which the batch loop runs in parallel (below it, dispatch costs more
+#: than it gains; measured on CPU)
+PARALLEL_MIN = 64
 
 
 class Integration(runtime.RuntimeBound):
@@ -67,6 +78,7 @@ class Integration(runtime.RuntimeBound):
         P, Y0, S, ACC, L, YS, LB = self.P, self.Y0, self.S, self.ACC, self.L, self.YS, self.LB
         H, T, OBS, D, W = self.H, self.T, self.OBS, self.D, self.W
         Kcap, J = self.Kcap, self.J
+        serial = B < PARALLEL_MIN
 
         @ti.func
         def pvec(b):
@@ -90,6 +102,7 @@ class Integration(runtime.RuntimeBound):
 
         @ti.kernel
         def launch(obs0: ti.i32, t0: ti.f64):
+            ti.loop_config(serialize=serial)
             for b in range(B):
                 if ti.static(has_y0):
                     start(b, f_y0(pvec(b)), obs0)
@@ -98,6 +111,7 @@ class Integration(runtime.RuntimeBound):
 
         @ti.kernel
         def segment(k: ti.i32, t0: ti.i32, cnt: ti.i32):
+            ti.loop_config(serialize=serial)
             for b in range(B):
                 a0 = S[k, b, 0]
                 a1, a2, a3, a4, a5, a6, a7 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -152,6 +166,7 @@ class Integration(runtime.RuntimeBound):
 
         @ti.kernel
         def finish(kK: ti.i32):
+            ti.loop_config(serialize=serial)
             for b in range(B):
                 if ti.static(has_phi):
                     y = ti.Vector([S[kK, b, c] for c in ti.static(range(n))])
@@ -163,16 +178,20 @@ class Integration(runtime.RuntimeBound):
                     L[None] += ACC[b]
 
         @ti.kernel
-        def clear():
+        def load(p: ti.types.ndarray(), y0: ti.types.ndarray()):
+            # inputs in, loss accumulators and every gradient zeroed, dL/dL = 1
             L[None] = 0.0
             L.grad[None] = 1.0
+            ti.loop_config(serialize=serial)
             for b in range(B):
                 ACC[b] = 0.0
                 ACC.grad[b] = 0.0
                 LB.grad[b] = 0.0
                 for j in ti.static(range(m)):
+                    P[b, j] = p[b, j]
                     P.grad[b, j] = 0.0
                 for c in ti.static(range(n)):
+                    Y0[b, c] = y0[b, c]
                     Y0.grad[b, c] = 0.0
                 for kk in range(Kcap + 1):
                     for c in ti.static(range(n)):
@@ -181,7 +200,90 @@ class Integration(runtime.RuntimeBound):
                     for c in ti.static(range(n)):
                         YS.grad[b, jj, c] = 0.0
 
-        self._launch, self._segment, self._finish, self._clear = launch, segment, finish, clear
+        @ti.kernel
+        def out(kK: ti.i32, lb: ti.types.ndarray(), ys: ti.types.ndarray(), cps: ti.types.ndarray()):
+            ti.loop_config(serialize=True)
+            for b in range(B):
+                lb[b] = LB[b]
+                for kk in range(kK + 1):
+                    for c in ti.static(range(n)):
+                        cps[kk, b, c] = S[kk, b, c]
+                for jj in range(J):
+                    for c in ti.static(range(n)):
+                        ys[b, jj, c] = YS[b, jj, c]
+
+        @ti.kernel
+        def gout(gp: ti.types.ndarray(), gy: ti.types.ndarray()):
+            ti.loop_config(serialize=True)
+            for b in range(B):
+                for j in ti.static(range(m)):
+                    gp[b, j] = P.grad[b, j]
+                for c in ti.static(range(n)):
+                    gy[b, c] = Y0.grad[b, c]
+
+        @ti.kernel
+        def record(i0: ti.i32, cnt: ti.i32, ystart: ti.types.ndarray(), tape: ti.types.ndarray()):
+            # forward only: every state from step i0 to i0 + cnt (tape[0] = ystart)
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                y = ti.Vector([ystart[b, c] for c in ti.static(range(n))])
+                for c in ti.static(range(n)):
+                    tape[0, b, c] = y[c]
+                for i in range(cnt):
+                    y = step(T[i0 + i], y, pvec(b), H[i0 + i])
+                    for c in ti.static(range(n)):
+                        tape[i + 1, b, c] = y[c]
+
+        f = ode.rhs
+
+        @ti.kernel
+        def backsolve(i0: ti.i32, cnt: ti.i32, yend: ti.types.ndarray(),
+                      stages: ti.types.ndarray(), tape: ti.types.ndarray()):
+            # classic RK4 backwards in time from the state after step i0 + cnt - 1 down to
+            # step i0, recording the four stage states of each step (stage q at time
+            # t_{i+1} - c_q h, c = 0, 1/2, 1/2, 1): the continuous adjoint's backsolve
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                y = ti.Vector([yend[b, c] for c in ti.static(range(n))])
+                for c in ti.static(range(n)):
+                    tape[cnt, b, c] = y[c]
+                for ii in range(cnt):
+                    i = cnt - 1 - ii
+                    h, t1 = H[i0 + i], T[i0 + i] + H[i0 + i]
+                    p = pvec(b)
+                    k1 = f(t1, y, p)
+                    y2 = ti.Vector([y[c] - 0.5 * h * k1[c] for c in ti.static(range(n))])
+                    k2 = f(t1 - 0.5 * h, y2, p)
+                    y3 = ti.Vector([y[c] - 0.5 * h * k2[c] for c in ti.static(range(n))])
+                    k3 = f(t1 - 0.5 * h, y3, p)
+                    y4 = ti.Vector([y[c] - h * k3[c] for c in ti.static(range(n))])
+                    k4 = f(t1 - h, y4, p)
+                    for c in ti.static(range(n)):
+                        stages[i, 0, b, c] = y[c]
+                        stages[i, 1, b, c] = y2[c]
+                        stages[i, 2, b, c] = y3[c]
+                        stages[i, 3, b, c] = y4[c]
+                    y = ti.Vector([y[c] - h / 6.0 * (k1[c] + 2.0 * k2[c] + 2.0 * k3[c] + k4[c])
+                                   for c in ti.static(range(n))])
+                    for c in ti.static(range(n)):
+                        tape[i, b, c] = y[c]
+
+        @ti.kernel
+        def initial(y: ti.types.ndarray()):
+            # the initial state of each member (from y0(p) when the ODE has one)
+            ti.loop_config(serialize=True)
+            for b in range(B):
+                if ti.static(has_y0):
+                    v = f_y0(pvec(b))
+                    for c in ti.static(range(n)):
+                        y[b, c] = v[c]
+                else:
+                    for c in ti.static(range(n)):
+                        y[b, c] = Y0[b, c]
+
+        self._launch, self._segment, self._finish = launch, segment, finish
+        self._load, self._out, self._gout, self._record, self._initial = load, out, gout, record, initial
+        self._backsolve = backsolve
 
     # -- inputs ------------------------------------------------------------------------
     def set_grid(self, h, t, obs, obs0=-1):
@@ -190,37 +292,53 @@ class Integration(runtime.RuntimeBound):
         N = len(h)
         if N > self.N:
             raise DiffsimError(f"internal: {N} steps exceed this integration's capacity {self.N}")
-        pad = self.N - N
-        self.H.from_numpy(np.concatenate([h, np.zeros(pad)]).astype(self.np_real))
-        self.T.from_numpy(np.concatenate([t, np.zeros(pad)]).astype(self.np_real))
-        self.OBS.from_numpy(np.concatenate([obs, -np.ones(pad)]).astype(np.int32))
+        key = (N, int(obs0))
+        if getattr(self, "_grid", None) is None or self._grid[0] != key or not (
+                np.array_equal(self._grid[1], h) and np.array_equal(self._grid[2], t)
+                and np.array_equal(self._grid[3], obs)):
+            pad = self.N - N
+            self.H.from_numpy(np.concatenate([h, np.zeros(pad)]).astype(self.np_real))
+            self.T.from_numpy(np.concatenate([t, np.zeros(pad)]).astype(self.np_real))
+            self.OBS.from_numpy(np.concatenate([obs, -np.ones(pad)]).astype(np.int32))
+            self._grid = (key, np.array(h), np.array(t), np.array(obs))
+        self.h, self.t, self.obs = self._grid[1], self._grid[2], self._grid[3]
         self.n_steps, self.obs0 = N, int(obs0)
         self.segs = runtime.segments(N, self.max_fused)
         self.t0 = float(t[0]) if N else 0.0
 
     def set_data(self, data, weights):
         self._check_runtime()
-        self.D.from_numpy(np.ascontiguousarray(np.broadcast_to(data, self.D.shape), dtype=self.np_real))
-        self.W.from_numpy(np.ascontiguousarray(np.broadcast_to(weights, self.W.shape), dtype=self.np_real))
+        d = np.ascontiguousarray(np.broadcast_to(data, self.D.shape), dtype=self.np_real)
+        w = np.ascontiguousarray(np.broadcast_to(weights, self.W.shape), dtype=self.np_real)
+        old = getattr(self, "_data", None)
+        if old is None or not (np.array_equal(old[0], d) and np.array_equal(old[1], w)):
+            self.D.from_numpy(d)
+            self.W.from_numpy(w)
+            self._data = (d, w)
+        self.data, self.weights = self._data
 
     def set_inputs(self, params, y0):
         self._check_runtime()
-        self.P.from_numpy(np.ascontiguousarray(params, dtype=self.np_real))
-        self.Y0.from_numpy(np.ascontiguousarray(y0, dtype=self.np_real))
+        self.params = np.ascontiguousarray(params, dtype=self.np_real)
+        self.y0 = np.ascontiguousarray(y0, dtype=self.np_real)
 
     # -- runs --------------------------------------------------------------------------
     def forward(self) -> float:
-        """Integrate every batch member; returns the total loss (sum over the batch)."""
+        """Integrate every batch member; returns the total loss (sum over the batch).
+        Member losses, saved states and final states are then in :attr:`lb`,
+        :attr:`ys`, :attr:`yf`."""
         self._check_runtime()
-        self._clear()
-        self._run()
-        return float(self.L[None])
-
-    def _run(self):
+        self._load(self.params, self.y0)
         self._launch(self.obs0, self.t0)
         for k, (t0, cnt) in enumerate(self.segs):
             self._segment(k, t0, cnt)
         self._finish(len(self.segs))
+        r = self.np_real
+        self.lb, self.ys = np.zeros(self.B, r), np.zeros((self.B, self.J, self.ode.n), r)
+        K = len(self.segs)
+        self.checkpoints = np.zeros((K + 1, self.B, self.ode.n), r)
+        self._out(K, self.lb, self.ys, self.checkpoints)
+        return float(self.lb.astype(np.float64).sum())
 
     def backward(self):
         """Reverse sweep after :meth:`forward`: (dL/dP (B, m), dL/dY0 (B, n))."""
@@ -230,14 +348,38 @@ class Integration(runtime.RuntimeBound):
             t0, cnt = self.segs[k]
             self._segment.grad(k, t0, cnt)
         self._launch.grad(self.obs0, self.t0)
-        return self.P.grad.to_numpy().astype(np.float64), self.Y0.grad.to_numpy().astype(np.float64)
+        gp = np.zeros((self.B, self.ode.m), self.np_real)
+        gy = np.zeros((self.B, self.ode.n), self.np_real)
+        self._gout(gp, gy)
+        return gp.astype(np.float64), gy.astype(np.float64)
+
+    def initial_state(self) -> np.ndarray:
+        """(B, n) initial states at the current inputs (y0(p) evaluated when defined)."""
+        self._load(self.params, self.y0)
+        y = np.zeros((self.B, self.ode.n), self.np_real)
+        self._initial(y)
+        return y.astype(np.float64)
+
+    def record(self, i0, cnt, ystart) -> np.ndarray:
+        """Every state of steps i0 .. i0 + cnt from ystart (B, n): (cnt + 1, B, n)."""
+        tape = np.zeros((cnt + 1, self.B, self.ode.n), self.np_real)
+        self._record(int(i0), int(cnt), np.ascontiguousarray(ystart, dtype=self.np_real), tape)
+        return tape.astype(np.float64)
+
+    def backsolve(self, i0, cnt, yend):
+        """RK4 backwards over steps i0 .. i0 + cnt from yend (B, n): stage states
+        (cnt, 4, B, n) and states (cnt + 1, B, n) (tape[cnt] = yend)."""
+        r, B, n = self.np_real, self.B, self.ode.n
+        stages, tape = np.zeros((cnt, 4, B, n), r), np.zeros((cnt + 1, B, n), r)
+        self._backsolve(int(i0), int(cnt), np.ascontiguousarray(yend, dtype=r), stages, tape)
+        return stages.astype(np.float64), tape.astype(np.float64)
 
     def member_losses(self) -> np.ndarray:
         """Loss of each batch member after :meth:`forward`, shape (B,)."""
-        return self.LB.to_numpy().astype(np.float64)
+        return self.lb.astype(np.float64)
 
     def saved(self) -> np.ndarray:
-        return self.YS.to_numpy().astype(np.float64)
+        return self.ys.astype(np.float64)
 
     def final_state(self) -> np.ndarray:
-        return self.S.to_numpy()[len(self.segs)].astype(np.float64)
+        return self.checkpoints[-1].astype(np.float64)

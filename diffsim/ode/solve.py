@@ -6,10 +6,11 @@
     sol.loss        # Σ_b [ Σ_j Σ_i w_bji (y_bi(t_j) - d_bji)² + ∫ g dt + φ(y(t1)) ]
     sol.grad_params # (B, m) dL/dp;  sol.grad_y0: (B, n) dL/dy0
 
-Gradient methods (``gradient=``): "discrete" (reverse mode through the steps with
-segment checkpointing), "adjoint" (continuous adjoint; not implemented yet),
-"forward" (forward-mode sensitivities, one pass per parameter), "fd" (central
-differences), or None (loss only).
+Gradient methods (``gradient=``), all returning the same quantities: "discrete"
+(reverse mode through the solver's steps, exact for the discretised problem), "adjoint"
+(continuous adjoint, ``adjoint=Adjoint("checkpointed" | "backsolve")``), "forward"
+(forward sensitivities; also gives dy(t_j)/dp), "fd" (central differences, for
+checking), or None (loss only). See :mod:`diffsim.ode.gradients` for how each works.
 """
 import dataclasses
 import math
@@ -18,6 +19,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
+from .gradients import Adjoint, Grid, continuous_adjoint, discrete_adjoint, forward_sensitivities, jacobians
 from .solvers import RK4, Solver
 
 METHODS = ("discrete", "adjoint", "forward", "fd")
@@ -38,6 +40,8 @@ class Solution:
     segments: int = 0           # fused launches per sweep
     stored_states: int = 0      # checkpoint states kept per batch member (K + 1)
     stats: dict = dataclasses.field(default_factory=dict)
+    #: (B, J, n, m + n) dy(t_j)/d(params, y0) (gradient="forward" only)
+    sensitivities: np.ndarray | None = None
 
 
 def _as_batch(a, width, what, B=None):
@@ -94,23 +98,28 @@ def _integration(ode, solver, B, N, J, max_fused):
 
 
 def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt=None,
-          saveat=None, data=None, weights=None, gradient=None, adjoint=None,
-          max_fused=None) -> Solution:
+          saveat=None, data=None, weights=None, gradient=None, adjoint: Adjoint | None = None,
+          max_fused=None, adjoint_trace=None) -> Solution:
     """Integrate dy/dt = f(t, y, p) over t_span = (t0, t1) for a batch of B members.
 
     y0: (n,) or (B, n) initial states (ignored when the ODE has a y0(p) function).
-    params: (m,) or (B, m). solver: RK4() by default. dt: fixed step (time units).
-    saveat: (J,) increasing save/observation times on the step grid (default [t1]).
-    data: (J, n) or (B, J, n) observations at saveat; weights: same shape (default 1
-    where data is given). The loss is Σ w (y - data)² + ∫ running + final (ODE hooks).
-    gradient: None, "discrete", "adjoint", "forward" or "fd". adjoint: reserved for the
-    continuous-adjoint options (gradient="adjoint" is refused in this version).
-    max_fused: most steps per launch (default runtime.MAX_FUSED_STEPS) = checkpoint
-    spacing for "discrete".
+    params: (m,) or (B, m). solver: RK4() by default; Dopri5(rtol, atol) picks its own
+    steps (dt is then ignored); BackwardEuler() for stiff systems. dt: fixed step (time
+    units). saveat: (J,) increasing save/observation times (default [t1]); fixed-step
+    solvers need them on the step grid, Dopri5 lands a step on each.
+    data: (J, n) or (B, J, n) observations at saveat (NaN = unobserved); weights: same
+    shape (default 1 where data is given). The loss is Σ w (y - data)² + ∫ running +
+    final (ODE hooks).
+    gradient: None, "discrete" (exact, reverse mode through the steps), "adjoint"
+    (continuous adjoint; options in ``adjoint=Adjoint(kind)``), "forward" (forward
+    sensitivities; also fills ``Solution.sensitivities``) or "fd" (central differences).
+    max_fused: steps per segment = checkpoint spacing (default runtime.MAX_FUSED_STEPS):
+    memory is O(N / max_fused + max_fused) states. adjoint_trace: a list that receives
+    (times, λ (L+1, B, n)) per segment when gradient="adjoint", for plots.
     """
     solver = solver or RK4()
     t0, t1 = (float(v) for v in t_span)
-    if not t1 > t0:
+    if not (np.isfinite(t0) and np.isfinite(t1) and t1 > t0):
         raise DiffsimError(f"t_span must be (t0, t1) with t1 > t0, got {t_span!r}")
     if params is None:
         raise DiffsimError("params is required: an array of shape (n_params,) or (B, n_params)")
@@ -128,22 +137,145 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
     y0 = np.broadcast_to(y0, (B, ode.n)).copy()
     if gradient not in (None, *METHODS):
         raise DiffsimError(f"gradient={gradient!r} is not known; use None or one of {', '.join(METHODS)}")
-    if solver.implicit or solver.adaptive:
-        raise DiffsimError(f"solver {solver!r} is declared but not implemented in this version; "
-                           "use RK4(), Midpoint(), Euler(), SemiImplicitEuler() or Leapfrog()")
-    if gradient in ("adjoint", "forward"):
-        raise DiffsimError(f"gradient={gradient!r} is not implemented in this version; use "
-                           "'discrete' (exact reverse mode) or 'fd'")
-    h, t, obs, obs0, ts = fixed_grid(t0, t1, dt, saveat)
+    if adjoint is not None and not isinstance(adjoint, Adjoint):
+        raise DiffsimError(f"adjoint must be an Adjoint(kind=...) object, got {adjoint!r}")
+    if saveat is not None:
+        saveat = np.asarray(saveat, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(saveat)) or np.any(saveat < t0 - 1e-12) or np.any(saveat > t1 + 1e-12):
+            raise DiffsimError(f"saveat times must be finite and inside [{t0}, {t1}], got {saveat.tolist()}")
+        if np.any(np.diff(saveat) <= 0):
+            raise DiffsimError("saveat times must be strictly increasing")
+    jac = jacobians(ode, solver, B)
+    if solver.adaptive:
+        from .adaptive import adaptive_grid
+        y_start = y0 if ode.y0 is None else jac("y0", y0[None], t0, 0.0, params)[0][0]
+        h, t, obs, obs0, ts = adaptive_grid(ode, solver, t0, t1, y_start, params, saveat)
+    else:
+        h, t, obs, obs0, ts = fixed_grid(t0, t1, dt, saveat)
     J = len(ts)
     d, w = _data(data, weights, B, J, ode.n)
-    cap = len(h)
-    if solver.adaptive:
-        cap = solver.max_steps
-    it = _integration(ode, solver, B, cap, J, max_fused)
-    it.set_grid(h, t, obs, obs0)
-    it.set_data(d, w)
-    return run(it, ts, params, y0, gradient)
+    if solver.implicit:
+        run = _ImplicitRun(ode, solver, jac, h, t, obs, obs0, d, w, max_fused)
+    else:
+        cap = len(h)
+        if solver.adaptive:      # share one compiled integration across step counts
+            cap = 1 << max(4, (cap - 1).bit_length())
+        it = _integration(ode, solver, B, cap, J, max_fused)
+        it.set_grid(h, t, obs, obs0)
+        it.set_data(d, w)
+        run = _ExplicitRun(it, jac)
+    return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
+
+
+class _ExplicitRun:
+    """Forward pass by the fused Taichi integration; tapes by its record kernel."""
+
+    def __init__(self, it, jac):
+        self.it, self.jac = it, jac
+        self.ode, self.solver = it.ode, it.solver
+
+    def losses(self, params, y0):
+        self.it.set_inputs(params, y0)
+        self.it.forward()
+        return self.it.member_losses()
+
+    def outputs(self):
+        it = self.it
+        return it.saved(), it.checkpoints.astype(np.float64), it.segs, it.n_steps
+
+    def grid(self, params, y0):
+        it = self.it
+        return Grid(it.ode, it.solver, self.jac, it.h, it.t, it.obs, it.obs0, it.data.astype(np.float64),
+                    it.weights.astype(np.float64), params, y0, it.record, it.segs,
+                    it.checkpoints.astype(np.float64), it.backsolve)
+
+
+class _ImplicitRun:
+    """Forward pass of an implicit solver: Newton-solved tapes per segment, the loss
+    summed from them in numpy (observations, trapezoid running cost, final cost)."""
+
+    def __init__(self, ode, solver, jac, h, t, obs, obs0, d, w, max_fused):
+        self.ode, self.solver, self.jac = ode, solver, jac
+        self.h, self.t, self.obs, self.obs0, self.d, self.w = h, t, obs, obs0, d, w
+        self.segs = runtime.segments(len(h), max_fused)
+
+    def _grid(self, params, y0, cps=None):
+        from .implicit import implicit_tape
+
+        def record(i0, cnt, ystart):
+            return implicit_tape(self.ode, self.solver, self.h[i0:i0 + cnt], self.t[i0:i0 + cnt],
+                                 ystart, params)
+        return Grid(self.ode, self.solver, self.jac, self.h, self.t, self.obs, self.obs0, self.d,
+                    self.w, params, y0, record, self.segs, cps)
+
+    def losses(self, params, y0):
+        g = self._grid(params, y0)
+        y, _ = g.initial()
+        B, n = y.shape
+        ys = np.zeros((B, self.d.shape[1], n))
+        loss = np.zeros(B)
+        cps = [y]
+        if self.obs0 >= 0:
+            ys[:, self.obs0] = y
+        for i0, cnt in self.segs:
+            tape = g.record(i0, cnt, y)
+            loss += self._segment_loss(g, i0, tape)
+            hit = np.nonzero(self.obs[i0:i0 + cnt] >= 0)[0]
+            ys[:, self.obs[i0 + hit]] = np.transpose(tape[hit + 1], (1, 0, 2))
+            y = tape[-1]
+            cps.append(y)
+        loss += g.final_terms(y)[0]
+        self.ys, self.cps = ys, np.array(cps)
+        self.params, self.y0 = params, y0
+        return loss
+
+    def _segment_loss(self, g, i0, tape):
+        first = 0 if i0 == 0 else 1         # a segment's first state is the previous one's last
+        idx = np.arange(first, tape.shape[0])
+        gidx = i0 + idx
+        j = np.where(gidx > 0, self.obs[np.maximum(gidx - 1, 0)], self.obs0)
+        hit = j >= 0
+        tot = np.zeros(tape.shape[1])
+        if hit.any():
+            jj = j[hit]
+            r = tape[idx[hit]] - np.transpose(self.d[:, jj], (1, 0, 2))
+            tot += (np.transpose(self.w[:, jj], (1, 0, 2)) * r * r).sum(axis=(0, 2))
+        if self.ode.running is not None:
+            tt = np.concatenate([self.t, [self.t[-1] + self.h[-1]]])[gidx]
+            v, _, _ = g.jac("running", tape[idx], tt, 0.0, g.params)
+            tot += (g.wq[gidx][:, None] * v[:, :, 0]).sum(axis=0)
+        return tot
+
+    def outputs(self):
+        return self.ys, self.cps, self.segs, len(self.h)
+
+    def grid(self, params, y0):
+        return self._grid(params, y0, self.cps)
+
+
+def _solve(run, ts, params, y0, gradient, adjoint, trace) -> Solution:
+    lb = run.losses(params, y0)
+    loss = float(lb.sum())
+    if not np.isfinite(loss):
+        raise SimulationError(f"the solution blew up (loss = {loss}) at params {params.tolist()}: "
+                              "lower dt, use an adaptive or implicit solver, or check the parameters")
+    ys, cps, segs, steps = run.outputs()
+    sol = Solution(ts=ts, ys=ys, y_final=cps[-1], loss=loss, method=gradient, steps=steps,
+                   segments=len(segs), stored_states=len(segs) + 1)
+    if gradient == "discrete" and not run.solver.implicit:
+        sol.grad_params, sol.grad_y0 = run.it.backward()
+    elif gradient == "discrete":
+        sol.grad_params, sol.grad_y0 = discrete_adjoint(run.grid(params, y0))
+    elif gradient == "forward":
+        gp, gy, S = forward_sensitivities(run.grid(params, y0), len(ts))
+        sol.grad_params, sol.grad_y0, sol.sensitivities = gp, gy, S
+    elif gradient == "adjoint":
+        sol.grad_params, sol.grad_y0 = continuous_adjoint(run.grid(params, y0), adjoint.kind, trace)
+        sol.stats["adjoint"] = adjoint.kind
+    elif gradient == "fd":
+        sol.grad_params, sol.grad_y0 = _fd(run, params, y0)
+        run.losses(params, y0)          # leave the run at the unperturbed inputs
+    return sol
 
 
 def _data(data, weights, B, J, n):
@@ -160,27 +292,11 @@ def _data(data, weights, B, J, n):
     return np.nan_to_num(d), w
 
 
-def run(it, ts, params, y0, gradient) -> Solution:
-    """Run a prepared Integration at (params, y0) with a gradient method."""
-    it.set_inputs(params, y0)
-    loss = it.forward()
-    if not math.isfinite(loss):
-        raise SimulationError(f"the solution blew up (loss = {loss}) at params {params.tolist()}: "
-                              "lower dt, use an adaptive or implicit solver, or check the parameters")
-    sol = Solution(ts=ts, ys=it.saved(), y_final=it.final_state(), loss=loss, method=gradient,
-                   steps=it.n_steps, segments=len(it.segs), stored_states=len(it.segs) + 1)
-    if gradient == "discrete":
-        sol.grad_params, sol.grad_y0 = it.backward()
-    elif gradient == "fd":
-        sol.grad_params, sol.grad_y0 = _fd(it, params, y0)
-    return sol
-
-
-def _fd(it, params, y0, rel=1e-6):
+def _fd(run, params, y0, rel=1e-6):
     """Central differences of each member's loss, step rel·max(|x|, 1) per entry."""
     B, m, n = params.shape[0], params.shape[1], y0.shape[1]
     gp, gy = np.zeros((B, m)), np.zeros((B, n))
-    cols = [("p", j) for j in range(m)] + ([] if it.ode.y0 is not None else [("y", c) for c in range(n)])
+    cols = [("p", j) for j in range(m)] + ([] if run.ode.y0 is not None else [("y", c) for c in range(n)])
     for kind, j in cols:
         base = params if kind == "p" else y0
         hstep = rel * np.maximum(np.abs(base[:, j]), 1.0)
@@ -188,14 +304,10 @@ def _fd(it, params, y0, rel=1e-6):
         for sgn in (1.0, -1.0):
             x = base.copy()
             x[:, j] += sgn * hstep
-            it.set_inputs(x, y0) if kind == "p" else it.set_inputs(params, x)
-            it.forward()
-            vals.append(it.member_losses())
+            vals.append(run.losses(x, y0) if kind == "p" else run.losses(params, x))
         g = (vals[0] - vals[1]) / (2 * hstep)
         if kind == "p":
             gp[:, j] = g
         else:
             gy[:, j] = g
-    it.set_inputs(params, y0)
-    it.forward()
     return gp, gy
