@@ -8,13 +8,13 @@ from .problem import Param, Parameters, Problem
 from .gradcheck import gradcheck
 from .optim import LBFGS, Adam, GradientDescent, minimize
 from .scene import build, load
-from .ode import ODE, solve
+from .ode import ODE, Adjoint, solve
 from .systems.bodies import Body
 from .systems.mass_spring import MassSpring
 
 __all__ = [
     "init", "load", "build", "Problem", "Param", "Parameters", "gradcheck", "minimize",
-    "Adam", "GradientDescent", "LBFGS", "MassSpring", "Body",
+    "Adam", "GradientDescent", "LBFGS", "MassSpring", "Body", "ODE", "solve", "Adjoint",
     "DiffsimError", "SceneError", "SimulationError", "GradientError", "RuntimeStateError",
 ]
 __version__ = "0.1.0"

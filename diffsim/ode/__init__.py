@@ -7,7 +7,8 @@ SemiImplicitEuler, Leapfrog, Midpoint, RK4, Dopri5, BackwardEuler) and
 from .system import ODE
 from .solvers import (BackwardEuler, Dopri5, Euler, Leapfrog, Midpoint, RK4,
                       SemiImplicitEuler, Solver, make_solver)
+from .gradients import Adjoint
 from .solve import Solution, solve
 
 __all__ = ["ODE", "solve", "Solution", "Solver", "Euler", "SemiImplicitEuler", "Leapfrog",
-           "Midpoint", "RK4", "Dopri5", "BackwardEuler", "make_solver"]
+           "Midpoint", "RK4", "Dopri5", "BackwardEuler", "Adjoint", "make_solver"]

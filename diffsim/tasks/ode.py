@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DiffsimError
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
-from ..ode import make_solver, solve
+from ..ode import Adjoint, make_solver, solve
 from ..ode.data import read_csv
 from ..ode.systems import SYSTEMS
 
@@ -24,7 +24,12 @@ SCHEMA = {
     "truth": Key("table", {}, "parameters that generate synthetic observations"),
     "solve": {
         "solver": Key("str", "rk4", "integrator",
-                      choices=("euler", "semi_implicit_euler", "leapfrog", "midpoint", "rk4")),
+                      choices=("euler", "semi_implicit_euler", "leapfrog", "midpoint", "rk4",
+                               "dopri5", "backward_euler")),
+        "rtol": Key("float", 1e-8, "dopri5 relative tolerance", lo=0.0, lo_open=True),
+        "atol": Key("float", 1e-10, "dopri5 absolute tolerance", lo=0.0, lo_open=True),
+        "adjoint": Key("str", "checkpointed", "continuous adjoint variant for --method adjoint",
+                       choices=("checkpointed", "backsolve")),
         "t0": Key("float", 0.0, "start time"),
         "t1": Key("float", 10.0, "end time"),
         "dt": Key("float", 0.01, "time step", lo=0.0, lo_open=True),
@@ -64,7 +69,7 @@ def check_scene(sc):
     if not s["t1"] > s["t0"]:
         raise sc.error("must be greater than solve.t0", key="solve.t1", value=s["t1"])
     n = (s["t1"] - s["t0"]) / s["dt"]
-    if abs(n - round(n)) > 1e-6 or (round(n) % (sc["observe"]["count"] - 1)):
+    if s["solver"] != "dopri5" and abs(n - round(n)) > 1e-6 or (round(n) % (sc["observe"]["count"] - 1)):
         raise sc.error(f"dt must divide [t0, t1] into a multiple of observe.count - 1 = "
                        f"{sc['observe']['count'] - 1} steps", key="solve.dt", value=s["dt"])
 
@@ -74,9 +79,9 @@ def build(sc, **_):
 
 
 class ODEProblem(Problem):
-    """Fit an ODE's parameters to observations; gradients by discrete reverse mode or fd."""
+    """Fit an ODE's parameters to observations; gradients by any method of ode.solve."""
 
-    methods = ("discrete", "fd")
+    methods = ("discrete", "adjoint", "forward", "fd")
     default_method = "discrete"
 
     def __init__(self, sc):
@@ -84,7 +89,9 @@ class ODEProblem(Problem):
         self.name = sc.name
         self.ode = SYSTEMS[sc["system"]["name"]]
         s = sc["solve"]
-        self.solver = make_solver(s["solver"])
+        kw = dict(rtol=s["rtol"], atol=s["atol"]) if s["solver"] == "dopri5" else {}
+        self.solver = make_solver(s["solver"], **kw)
+        self.adjoint = Adjoint(s["adjoint"])
         self.t_span, self.dt, self.y0 = (s["t0"], s["t1"]), s["dt"], np.array(s["y0"])
         opt = set(sc["fit"]["optimize"])
         vals = {k: float(v) for k, v in sc["params"].items()}
@@ -97,9 +104,10 @@ class ODEProblem(Problem):
         rng = np.random.default_rng(sc["observe"]["seed"])
         self.data = clean + sc["observe"]["noise"] * rng.standard_normal(clean.shape)
 
-    def _solve(self, x, gradient=None, data=None):
+    def _solve(self, x, gradient=None, data=None, trace=None):
         return solve(self.ode, self.t_span, self.y0, x, solver=self.solver, dt=self.dt,
-                     saveat=self.ts, data=data, gradient=gradient)
+                     saveat=self.ts, data=data, gradient=gradient, adjoint=self.adjoint,
+                     adjoint_trace=trace)
 
     def _objective(self, x):
         return self._solve(x, data=self.data).loss
@@ -115,17 +123,14 @@ class ODEProblem(Problem):
         self.ts, self.data = ts, ys
         self._objective(self.params.vector)   # validates the times against dt now
 
-    def residual_jacobian(self, x, rel=1e-6):
-        """d residuals / d free params by central differences of the trajectory, (J·n, k)."""
-        free = np.nonzero(self.params.free)[0]
-        cols = []
-        for i in free:
-            hstep = rel * max(abs(x[i]), 1.0)
-            xp, xm = x.copy(), x.copy()
-            xp[i] += hstep
-            xm[i] -= hstep
-            cols.append(((self._solve(xp).ys[0] - self._solve(xm).ys[0]) / (2 * hstep)).ravel())
-        return np.array(cols).T
+    def sensitivity_matrix(self, x):
+        """dy_i(t_j)/dp_k at the observation times by forward sensitivities, (J, n, m)."""
+        return self._solve(x, gradient="forward").sensitivities[0, :, :, :self.ode.m]
+
+    def residual_jacobian(self, x):
+        """d residuals / d free params (forward sensitivities), (J·n, k)."""
+        S = self.sensitivity_matrix(x)[:, :, self.params.free]
+        return S.reshape(-1, S.shape[-1])
 
     def fit(self, data=None, method=None, iterations=None, out=None, progress=False,
             plots=True, optimizer=None):
@@ -147,11 +152,17 @@ class ODEProblem(Problem):
             from scipy.optimize import least_squares
             mask = np.isfinite(self.data)
 
-            def res(xf):
+            def full(xf):
                 xx = x.copy()
                 xx[free] = xf
-                return (self._solve(xx).ys[0] - np.nan_to_num(self.data))[mask]
-            r = least_squares(res, x[free], method="lm", max_nfev=iterations * (free.sum() + 1))
+                return xx
+
+            def res(xf):
+                return (self._solve(full(xf)).ys[0] - np.nan_to_num(self.data))[mask]
+
+            def jac(xf):     # Gauss–Newton Jacobian from forward sensitivities
+                return self.residual_jacobian(full(xf))[mask.ravel()]
+            r = least_squares(res, x[free], jac=jac, method="lm", max_nfev=iterations)
             x[free] = r.x
             self.set(x)
             status, its = ("converged" if r.success else "max_iterations"), int(r.nfev)
@@ -183,24 +194,39 @@ class ODEProblem(Problem):
         return r
 
     def sensitivity(self, method=None, out=None, plots=True):
-        """dL/dp for every parameter (by ``method``) and the sensitivity matrix
-        dy_i(t_j)/dp_k over the observation times (central differences), shape (J, n, m)."""
+        """dL/dp for every parameter (by ``method``), the sensitivity matrix
+        dy_i(t_j)/dp_k over the observation times (forward sensitivities), shape (J, n, m),
+        and plots of both and of the adjoint state λ(t)."""
         x = self.params.vector
         f, g = self.value_and_grad(x, method)
-        S = np.zeros((len(self.ts), self.ode.n, self.ode.m))
-        for k in range(self.ode.m):
-            hstep = 1e-6 * max(abs(x[k]), 1.0)
-            xp, xm = x.copy(), x.copy()
-            xp[k] += hstep
-            xm[k] -= hstep
-            S[:, :, k] = (self._solve(xp).ys[0] - self._solve(xm).ys[0]) / (2 * hstep)
+        S = self.sensitivity_matrix(x)
         report = {"scene": self.name, "method": method or self.default_method, "objective": f,
                   "gradient": dict(zip(self.params.names, g.tolist())),
                   "times": self.ts, "states": self.ode.state_names,
-                  "sensitivity_matrix": S, "sensitivity_matrix_method": "fd"}
+                  "sensitivity_matrix": S, "sensitivity_matrix_method": "forward"}
         if plots and out is not None:
-            report["plots"] = [str(self._plot_sens(S, pathlib.Path(out)))]
+            trace = []
+            self._solve(x, gradient="adjoint", data=self.data, trace=trace)
+            report["plots"] = [str(self._plot_sens(S, pathlib.Path(out))),
+                               str(self._plot_adjoint(trace, pathlib.Path(out)))]
         return report
+
+    def _plot_adjoint(self, trace, out):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        ts = np.concatenate([t for t, _ in reversed(trace)])
+        lam = np.concatenate([l[:, 0] for _, l in reversed(trace)])
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for i, sn in enumerate(self.ode.state_names):
+            ax.plot(ts, lam[:, i], label=f"λ_{sn} = dL/d{sn}(t)")
+        ax.set_xlabel("t")
+        ax.set_title(f"adjoint state ({self.adjoint.kind}); jumps at observations", fontsize=9)
+        ax.legend(fontsize=7)
+        p = out / "adjoint.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        return p
 
     def _plot_fit(self, x, out):
         import matplotlib
