@@ -306,8 +306,8 @@ def _adjoint_maps(grid, i0, tape, stages):
     t1 = grid.t[i0:i0 + L] + h
     if stages is None:       # checkpointed: stage states from the recomputed segment
         tt = np.concatenate([grid.t[i0:i0 + L], [t1[-1]]])
-        fv, Jg, Jpg = grid.jac("rhs", tape, tt, 0.0, p)
         hb = h[:, None, None]
+        fv, Jg, Jpg = grid.jac("rhs", tape, tt, 0.0, p)     # f gives the Hermite half-steps
         mid = 0.5 * (tape[:-1] + tape[1:]) + hb / 8 * (fv[:-1] - fv[1:])   # cubic Hermite
         _, Jm, Jpm = grid.jac("rhs", mid, t1 - 0.5 * h, 0.0, p)
         Js = [Jg[1:], Jm, Jm, Jg[:-1]]

@@ -43,7 +43,6 @@ class PointJacobian(runtime.RuntimeBound):
     def _compile(self):
         fn, n, m, R, B = self.fn, self.n, self.m, self.R, self.B
         X, PX, O, TX, HX = self.X, self.PX, self.O, self.TX, self.HX
-        serial = self.cap * B * R < PARALLEL_MIN
 
         @ti.kernel
         def load(M: ti.i32, ys: ti.types.ndarray(), ts: ti.types.ndarray(),
@@ -62,15 +61,21 @@ class PointJacobian(runtime.RuntimeBound):
                             PX[i, b, r, j] = ps[b, j]
                             PX.grad[i, b, r, j] = 0.0
 
-        @ti.kernel
-        def evaluate(M: ti.i32):
-            ti.loop_config(serialize=serial)
-            for i, b, r in ti.ndrange(M, B, R):
-                y = ti.Vector([X[i, b, r, c] for c in ti.static(range(n))])
-                p = ti.Vector([PX[i, b, r, j] for j in ti.static(range(m))])
-                v = fn(TX[i], y, p, HX[i])
-                # copy r keeps component r only, so its reverse pass yields row r
-                O[i, b, r] = sum([ti.select(r == c, v[c], 0.0) for c in ti.static(range(R))])
+        def make_evaluate(serial):
+            @ti.kernel
+            def evaluate(M: ti.i32):
+                ti.loop_config(serialize=serial)
+                for i, b, r in ti.ndrange(M, B, R):
+                    y = ti.Vector([X[i, b, r, c] for c in ti.static(range(n))])
+                    p = ti.Vector([PX[i, b, r, j] for j in ti.static(range(m))])
+                    v = fn(TX[i], y, p, HX[i])
+                    # copy r keeps component r only, so its reverse pass yields row r
+                    O[i, b, r] = sum([ti.select(r == c, v[c], 0.0) for c in ti.static(range(R))])
+            return evaluate
+
+        # two compiled variants: a parallel launch costs ~150 µs of dispatch on CPU, more
+        # than a serial loop over a few thousand small points
+        self._evaluate_serial, self._evaluate_parallel = make_evaluate(True), make_evaluate(False)
 
         @ti.kernel
         def store(M: ti.i32, v: ti.types.ndarray(), jy: ti.types.ndarray(), jp: ti.types.ndarray()):
@@ -84,7 +89,7 @@ class PointJacobian(runtime.RuntimeBound):
                         for j in ti.static(range(m)):
                             jp[i, b, r, j] = PX.grad[i, b, r, j]
 
-        self._load, self._evaluate, self._store = load, evaluate, store
+        self._load, self._store = load, store
 
     def __call__(self, ys, ts, hs, ps):
         """Values (M, B, R) and Jacobians (M, B, R, n), (M, B, R, m) at M points."""
@@ -100,8 +105,9 @@ class PointJacobian(runtime.RuntimeBound):
             e = min(M, a + self.cap)
             cv, cy, cp = v[a:e], jy[a:e], jp[a:e]
             self._load(e - a, ys[a:e], ts[a:e], hs[a:e], ps)
-            self._evaluate(e - a)
-            self._evaluate.grad(e - a)
+            ev = self._evaluate_serial if (e - a) * B * R < PARALLEL_MIN else self._evaluate_parallel
+            ev(e - a)
+            ev.grad(e - a)
             self._store(e - a, cv, cy, cp)
         if r != np.float64:
             return v.astype(np.float64), jy.astype(np.float64), jp.astype(np.float64)

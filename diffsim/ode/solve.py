@@ -163,15 +163,15 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
         it = _integration(ode, solver, B, cap, J, max_fused)
         it.set_grid(h, t, obs, obs0)
         it.set_data(d, w)
-        run = _ExplicitRun(it, jac)
+        run = _ExplicitRun(it, jac, merge=max_fused is None)
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
 
 
 class _ExplicitRun:
     """Forward pass by the fused Taichi integration; tapes by its record kernel."""
 
-    def __init__(self, it, jac):
-        self.it, self.jac = it, jac
+    def __init__(self, it, jac, merge):
+        self.it, self.jac, self.merge = it, jac, merge
         self.ode, self.solver = it.ode, it.solver
 
     def losses(self, params, y0):
@@ -185,9 +185,31 @@ class _ExplicitRun:
 
     def grid(self, params, y0):
         it = self.it
+        segs, cps = it.segs, it.checkpoints.astype(np.float64)
+        if self.merge:
+            # tape methods have no autodiff stack to bound: with the default spacing,
+            # join the fused segments into tapes of up to TAPE_STEPS (fewer launches)
+            segs, keep = _merge(segs, TAPE_STEPS)
+            cps = cps[keep]
         return Grid(it.ode, it.solver, self.jac, it.h, it.t, it.obs, it.obs0, it.data.astype(np.float64),
-                    it.weights.astype(np.float64), params, y0, it.record, it.segs,
-                    it.checkpoints.astype(np.float64), it.backsolve)
+                    it.weights.astype(np.float64), params, y0, it.record, segs, cps, it.backsolve)
+
+
+#: longest tape segment of the forward and adjoint methods when solve(max_fused=None)
+TAPE_STEPS = 4096
+
+
+def _merge(segs, most):
+    """Join consecutive (start, count) segments while the total stays ≤ most; returns the
+    joined segments and the indices of the checkpoints that remain (starts, then end)."""
+    out, keep = [], []
+    for k, (i0, cnt) in enumerate(segs):
+        if out and out[-1][1] + cnt <= most:
+            out[-1] = (out[-1][0], out[-1][1] + cnt)
+        else:
+            out.append((i0, cnt))
+            keep.append(k)
+    return out, keep + [len(segs)]
 
 
 class _ImplicitRun:
