@@ -143,11 +143,14 @@ def _need_second_order(ode, solver):
 class Dopri5(ExplicitRK):
     """Dormand–Prince 5(4) with adaptive steps (the 5th-order solution is propagated).
 
-    rtol, atol: per-component error tolerance atol + rtol·max(|y|, |y'|) (RMS norm over
-    components and the batch); h0: first step (default (t1 - t0)/100); max_steps: the
-    solve fails with a SimulationError naming it when more steps are needed.
-    Gradients: "discrete" differentiates the recorded accepted steps (step sizes held
-    fixed), "forward" likewise, "adjoint" integrates the adjoint on the same steps.
+    rtol, atol: per-component error tolerance atol + rtol·max(|y|, |y'|); the error norm
+    is the RMS over components, and a step is accepted when every batch member's norm is
+    ≤ 1 (the batch shares one step grid). Step control: h·clamp(0.9·err^(-1/5), 0.2, 10),
+    no growth right after a rejection; steps land exactly on save times and t1.
+    h0: first step (default: Hairer's starting-step heuristic); max_steps: attempts
+    (accepted + rejected) after which the solve fails with a SimulationError naming it.
+    Gradients: "discrete" and "forward" differentiate the accepted steps with the step
+    sizes held fixed (as "fd" does); "adjoint" integrates the adjoint on the same steps.
     """
     name, order, adaptive = "dopri5", 5, True
     c = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]

@@ -1,0 +1,438 @@
+"""Adaptive step grids: Dormand–Prince 5(4) step-size control in one Taichi kernel.
+
+:func:`adaptive_grid` runs the embedded pair forward (no autodiff) and returns the
+accepted steps in the same form as :func:`diffsim.ode.solve.fixed_grid`, so the fused
+fixed-grid kernels (and their reverse mode) can then integrate and differentiate on
+exactly those steps with the pair's 5th-order weights b.
+
+Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
+
+* one grid for the whole batch: member b's error is the RMS over components of
+  ``h·Σ e_s k_s / (atol + rtol·max(|y|, |y_new|))``; a step is accepted when the
+  largest member error is ≤ 1;
+* next step ``h·clamp(0.9·err^(-1/5), 0.2, 10)`` (10 when err = 0); the step right after
+  a rejection may not grow; a non-finite error counts as a rejection with factor 0.2;
+  steps never exceed t1 - t0;
+* every save time and t1 are hit exactly: a step that would pass the next target, or
+  end within 1 % of the proposed step before it, is shortened (or stretched by at most
+  1 %) to ``h = target - t``, its state is the state at the target (no interpolation)
+  and the next step starts at the target time itself: ``t[i+1] == ts[j]`` bit for bit.
+  ``t[i] + h[i]`` (IEEE) equals ``ts[j]`` too except within one ulp in round-to-even
+  tie cases where no float64 h gives the target (a few % of steps that start before
+  target/2). After such a clipped step the next proposal is at least the step the
+  controller had proposed before clipping;
+* first step: ``solver.h0`` when given, else Hairer's heuristic (``hinit`` of DOPRI5:
+  from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same scaled
+  norm), minimised over the batch and capped at t1 - t0;
+* FSAL: the last stage, evaluated at the next step's start time, is the next step's
+  first stage, so re-running ``ExplicitRK.make_step`` on (t, h) repeats the same rhs
+  evaluations and reproduces the states.
+
+Failures raise :class:`~diffsim.errors.SimulationError`: more than ``max_steps``
+attempts (accepted + rejected), or the step size underflowing (too stiff, or the state
+or its derivative not finite), each naming the time reached.
+
+Taichi shape: one kernel launch per grid; its only top-level loop is a serialized
+``range(1)`` (no parallel dispatch), the step loop is a ``while`` inside it and the batch
+loop sits inside each step. States are kept in small per-(ODE, solver, B) fields,
+cached on ``ode._cache`` per runtime generation; inputs and the grid itself pass
+through numpy ndarray arguments, so neither the number of save times nor max_steps
+causes a recompilation.
+"""
+import math
+import warnings
+
+import numpy as np
+import taichi as ti
+from taichi.lang import impl as _impl
+
+from .. import runtime
+from ..errors import DiffsimError, SimulationError
+from .solvers import _at, _comb
+
+# trace-time helpers build expressions on purpose; Taichi warns about them
+warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+
+#: status codes written by the kernel
+_OK, _MAX_STEPS, _UNDERFLOW, _NONFINITE = 0, 1, 2, 3
+
+
+def adaptive_grid(ode, solver, t0, t1, y0, params, saveat):
+    """Accepted step grid of an embedded explicit RK pair (``Dopri5``) on [t0, t1].
+
+    y0: (B, n) or (n,) initial states (ignored, may be None, when the ODE has a y0(p)
+    function: then y0(p) is used, as the fixed-grid kernels do); params: (B, m) or (m,);
+    saveat: None (= [t1]) or increasing times in [t0, t1].
+    Returns ``(h (N,), t (N,), obs (N,) int32, obs0, ts)`` like ``fixed_grid``: step
+    sizes, step start times, the save index reached at the end of each step (-1: none),
+    the index of a save time equal to t0 (-1: none) and the save times.
+    """
+    return AdaptiveStepper.get(ode, solver, _batch(y0, params)).grid(
+        solver, t0, t1, y0, params, saveat)
+
+
+def _batch(y0, params):
+    B = 1
+    for a in (params, y0):
+        if a is not None:
+            a = np.asarray(a)
+            B = max(B, a.shape[0] if a.ndim == 2 else 1)
+    return B
+
+
+def _as_batch(a, width, what, B):
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] != width or a.shape[0] not in (1, B):
+        raise DiffsimError(f"{what} must have shape ({width},) or ({B}, {width}), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise DiffsimError(f"{what} contains NaN or inf: {a.tolist()}")
+    return np.broadcast_to(a, (B, width))
+
+
+def _check_solver(solver):
+    need = ("a", "b", "c", "e", "rtol", "atol", "max_steps", "order")
+    if not (getattr(solver, "adaptive", False) and all(hasattr(solver, k) for k in need)):
+        raise DiffsimError(f"adaptive_grid needs an adaptive embedded Runge–Kutta solver "
+                           f"such as Dopri5(), got {solver!r}")
+    if len(solver.e) != len(solver.b):
+        raise DiffsimError(f"{solver!r}: error weights e and weights b differ in length")
+
+
+def _is_fsal(a, b, c):
+    s = len(b)
+    return s > 1 and b[-1] == 0.0 and c[-1] == 1.0 and list(a[-1]) == list(b[:-1])
+
+
+def _targets(t0, t1, saveat):
+    """Save times (J,), obs0, the targets (strictly increasing times in (t0, t1]) and the
+    save index each target records (-1 for t1 when it is not a save time)."""
+    ts = np.array([t1] if saveat is None else saveat, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(ts)):
+        raise DiffsimError(f"saveat contains NaN or inf: {ts.tolist()}")
+    if np.any(np.diff(ts) <= 0):
+        raise DiffsimError("saveat times must be strictly increasing")
+    tol = 1e-12 * max(abs(t0), abs(t1), t1 - t0)
+    out = np.nonzero((ts < t0 - tol) | (ts > t1 + tol))[0]
+    if len(out):
+        raise DiffsimError(f"save/observation time {ts[out[0]]} lies outside [{t0}, {t1}]")
+    obs0 = -1
+    tgt, idx = [], []
+    for j, s in enumerate(ts):
+        if abs(s - t0) <= tol:
+            obs0 = j
+            continue
+        if abs(s - t1) <= tol:
+            s = t1                      # within rounding of t1: end on t1 itself
+        tgt.append(s)
+        idx.append(j)
+    if not tgt or tgt[-1] != t1:
+        tgt.append(t1)
+        idx.append(-1)
+    return ts, obs0, np.array(tgt), np.array(idx, dtype=np.int32)
+
+
+def _keep(v, n):
+    """Trace-time helper: a vector expression stored in a local, then component by
+    component in fresh scalar locals. Taichi 1.7.4 substitutes a ti.func's returned
+    expression (and, through it, its arguments) wherever the result is used, so feeding
+    each stage into the next unstored makes the 7-stage kernel's IR grow exponentially
+    (over 10 minutes of compilation for the 2-state oscillator). Storing the whole vector
+    first, then its components, compiles ~3x faster than storing components directly
+    (`[e0, e1][i]` lowers every component)."""
+    w = _impl.expr_init(v)
+    return ti.Vector([_impl.expr_init(_at(w, i)) for i in range(n)])
+
+
+class AdaptiveStepper(runtime.RuntimeBound):
+    """Fields and the stepping kernel for one (ODE, tableau, batch size B).
+
+    After :meth:`grid`: :attr:`ys` (B, J, n) states at the save times, :attr:`y_final`
+    (B, n), :attr:`stats` (accepted, rejected, attempts, rhs evaluations)."""
+
+    @classmethod
+    def get(cls, ode, solver, B):
+        _check_solver(solver)
+        key = ("adaptive", type(solver).__name__, tuple(solver.c), int(B),
+               runtime.current().generation)
+        st = ode._cache.get(key)
+        if st is None:
+            st = cls(ode, solver, B)
+            ode._cache[key] = st
+        return st
+
+    def __init__(self, ode, solver, B):
+        info = self._bind_runtime()
+        real = info.real
+        self.ode, self.B = ode, int(B)
+        self.a, self.b, self.c, self.e = (list(map(float, v)) if k != "a" else
+                                          [list(map(float, r)) for r in v]
+                                          for k, v in zip("abce", (solver.a, solver.b,
+                                                                   solver.c, solver.e)))
+        self.order = int(solver.order)
+        self.fsal = _is_fsal(self.a, self.b, self.c)
+        self.np_real = info.numpy_dtype
+        self.eps = float(np.finfo(self.np_real).eps)
+        n, m = ode.n, ode.m
+        self.P = ti.field(real, (B, m))
+        self.Y = ti.field(real, (B, n))       # current accepted state
+        self.K1 = ti.field(real, (B, n))      # f(t, Y): first stage of the next attempt
+        self.YN = ti.field(real, (B, n))      # attempted state
+        self.KN = ti.field(real, (B, n))      # f(t + h, YN) (FSAL)
+        self._compile(real)
+
+    def _compile(self, real):
+        ode, B, n, m = self.ode, self.B, self.ode.n, self.ode.m
+        f, f_y0 = ode.rhs, ode.y0
+        has_y0 = f_y0 is not None
+        a, b, c, e = self.a, self.b, self.c, self.e
+        s, fsal, order = len(b), self.fsal, self.order
+        combs = [_comb(n, a[i]) for i in range(s)]
+        final = _comb(n, b)
+        eidx = [j for j in range(s) if e[j] != 0.0]
+        expo = -1.0 / order
+        P, Y, K1, YN, KN = self.P, self.Y, self.K1, self.YN, self.KN
+        f64 = real == ti.f64
+
+        @ti.func
+        def finite(x):
+            # bit test: fast_math (Taichi's default) may fold NaN comparisons away
+            r = True
+            if ti.static(f64):
+                r = (ti.bit_cast(x, ti.u64) >> 52) & 0x7FF != 0x7FF
+            else:
+                r = (ti.bit_cast(x, ti.u32) >> 23) & 0xFF != 0xFF
+            return r
+
+        @ti.func
+        def pvec(bb):
+            return ti.Vector([P[bb, j] for j in ti.static(range(m))])
+
+        @ti.func
+        def vec(F, bb):
+            return ti.Vector([F[bb, i] for i in ti.static(range(n))])
+
+        @ti.func
+        def attempt(bb, t, h, tn, atol, rtol):
+            """One trial step of member bb: stores YN and KN = f(tn, YN) (the next first
+            stage: the FSAL stage, or one extra evaluation); returns its error norm²·n.
+            Every argument is in the runtime's precision, as in the fixed-grid kernels."""
+            y, p = vec(Y, bb), pvec(bb)
+            ks = [vec(K1, bb)]
+            for i in ti.static(range(1, s - 1 if fsal else s)):
+                ks.append(_keep(f(t + c[i] * h, combs[i](y, h, ks), p), n))
+            yn = _keep(final(y, h, ks), n)
+            kn = _keep(f(tn, yn, p), n)
+            if ti.static(fsal):
+                ks.append(kn)
+            acc = 0.0
+            for i in ti.static(range(n)):
+                err = h * sum([e[j] * ks[j][i] for j in eidx])
+                sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
+                acc += (err / sc) ** 2
+            for i in ti.static(range(n)):
+                YN[bb, i] = yn[i]
+                KN[bb, i] = kn[i]
+            return acc
+
+        @ti.func
+        def hinit(t0, span, atol, rtol):
+            """Hairer's initial step (DOPRI5 hinit), smallest over the batch."""
+            hb = span
+            for bb in range(B):
+                y, p, f0 = vec(Y, bb), pvec(bb), vec(K1, bb)
+                d0, d1 = 0.0, 0.0
+                for i in ti.static(range(n)):
+                    sc = atol + rtol * ti.abs(y[i])
+                    d0 += (y[i] / sc) ** 2
+                    d1 += (f0[i] / sc) ** 2
+                d0, d1 = ti.sqrt(d0 / n), ti.sqrt(d1 / n)
+                h = 1e-6
+                if d0 >= 1e-5 and d1 >= 1e-5:
+                    h = 0.01 * d0 / d1
+                h = ti.min(h, span)
+                y1 = ti.Vector([y[i] + h * f0[i] for i in ti.static(range(n))])
+                f1 = f(t0 + h, y1, p)
+                d2 = 0.0
+                for i in ti.static(range(n)):
+                    sc = atol + rtol * ti.abs(y[i])
+                    d2 += ((f1[i] - f0[i]) / sc) ** 2
+                d2 = ti.sqrt(d2 / n) / h
+                dm = ti.max(d1, d2)
+                h1 = ti.max(1e-6, 1e-3 * h)
+                if dm > 1e-15:
+                    h1 = (0.01 / dm) ** (1.0 / order)
+                hm = ti.min(100.0 * h, h1)
+                if finite(hm) and hm > 0.0:
+                    hb = ti.min(hb, hm)
+            return hb
+
+        @ti.kernel
+        def integrate(y0: ti.types.ndarray(), p: ti.types.ndarray(), tgt: ti.types.ndarray(),
+                      tidx: ti.types.ndarray(), n_tgt: ti.i32, obs0: ti.i32, t0: ti.f64,
+                      t1: ti.f64, h_init: ti.f64, rtol: real, atol: real, eps: ti.f64,
+                      max_att: ti.i32, h_out: ti.types.ndarray(), t_out: ti.types.ndarray(),
+                      obs_out: ti.types.ndarray(), ys: ti.types.ndarray(),
+                      yf: ti.types.ndarray(), iout: ti.types.ndarray(),
+                      fout: ti.types.ndarray()):
+            ti.loop_config(serialize=True)
+            for _ in range(1):
+                for bb in range(B):
+                    for j in ti.static(range(m)):
+                        P[bb, j] = p[bb, j]
+                    y = ti.Vector([y0[bb, i] for i in ti.static(range(n))])
+                    if ti.static(has_y0):
+                        y = f_y0(pvec(bb))
+                    k1 = f(ti.cast(t0, real), y, pvec(bb))
+                    for i in ti.static(range(n)):
+                        Y[bb, i] = y[i]
+                        K1[bb, i] = k1[i]
+                        if obs0 >= 0:
+                            ys[bb, obs0, i] = y[i]
+                span = t1 - t0
+                h = h_init
+                if h <= 0.0:
+                    h = hinit(ti.cast(t0, real), ti.cast(span, real), atol, rtol)
+                t = t0
+                k = 0
+                n_acc, n_att, n_rej, status = 0, 0, 0, _OK
+                rejected = False
+                err = 0.0
+                while k < n_tgt:
+                    if n_att >= max_att:
+                        status = _MAX_STEPS
+                        break
+                    target = tgt[k]
+                    hs = h
+                    land = False
+                    if t + 1.01 * h >= target:
+                        hs = target - t
+                        land = True
+                    elif hs <= 10.0 * eps * ti.max(ti.abs(t), ti.abs(target)) or not finite(hs):
+                        status = _UNDERFLOW
+                        if not finite(err):
+                            status = _NONFINITE
+                        break
+                    tn = t + hs
+                    if land:
+                        tn = target
+                    err = 0.0
+                    for bb in range(B):
+                        eb = attempt(bb, ti.cast(t, real), ti.cast(hs, real),
+                                     ti.cast(tn, real), atol, rtol)
+                        if not finite(eb):
+                            err = ti.math.inf
+                        elif finite(err):
+                            err = ti.max(err, ti.sqrt(eb / n))
+                    n_att += 1
+                    fac = 10.0
+                    if not finite(err):
+                        fac = 0.2
+                    elif err > 0.0:
+                        fac = ti.min(10.0, ti.max(0.2, 0.9 * err ** expo))
+                    if finite(err) and err <= 1.0:
+                        h_out[n_acc] = hs
+                        t_out[n_acc] = t
+                        j = -1
+                        if land:
+                            j = tidx[k]
+                            k += 1
+                        obs_out[n_acc] = j
+                        for bb in range(B):
+                            for i in ti.static(range(n)):
+                                Y[bb, i] = YN[bb, i]
+                                K1[bb, i] = KN[bb, i]
+                            if j >= 0:
+                                for i in ti.static(range(n)):
+                                    ys[bb, j, i] = YN[bb, i]
+                        n_acc += 1
+                        t = tn
+                        if rejected:
+                            fac = ti.min(fac, 1.0)
+                        hn = hs * fac
+                        if land:
+                            hn = ti.max(hn, h)
+                        h = ti.min(hn, span)
+                        rejected = False
+                    else:
+                        n_rej += 1
+                        h = hs * ti.min(fac, 1.0)
+                        rejected = True
+                for bb in range(B):
+                    for i in ti.static(range(n)):
+                        yf[bb, i] = Y[bb, i]
+                iout[0] = n_acc
+                iout[1] = n_rej
+                iout[2] = n_att
+                iout[3] = status
+                fout[0] = t
+                fout[1] = h
+                fout[2] = err
+
+        self._integrate = integrate
+
+    def grid(self, solver, t0, t1, y0, params, saveat):
+        """See :func:`adaptive_grid`."""
+        self._check_runtime()
+        _check_solver(solver)
+        ode, B, n, m = self.ode, self.B, self.ode.n, self.ode.m
+        t0, t1 = float(t0), float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
+            raise DiffsimError(f"the time span must be (t0, t1) with t1 > t0, got ({t0}, {t1})")
+        if params is None:
+            raise DiffsimError(f"params is required: an array of shape ({m},) or (B, {m})")
+        p = _as_batch(params, m, "params", B)
+        if y0 is None:
+            if ode.y0 is None:
+                raise DiffsimError(f"{ode.name} has no y0(p) function; pass y0 of shape "
+                                   f"({n},) or (B, {n})")
+            y0 = np.zeros((B, n))
+        y = _as_batch(y0, n, "y0", B)
+        ts, obs0, tgt, tidx = _targets(t0, t1, saveat)
+        h0 = solver.h0
+        if h0 is None:
+            h0 = 0.0                     # kernel: Hairer's heuristic
+        elif not (math.isfinite(h0) and h0 > 0):
+            raise DiffsimError(f"{solver!r}: h0 must be a positive step in time units, got {h0!r}")
+        cap = int(solver.max_steps)
+        if cap < 1:
+            raise DiffsimError(f"{solver!r}: max_steps must be at least 1, got {cap}")
+        J, r = len(ts), self.np_real
+        h_out, t_out = np.zeros(cap), np.zeros(cap)     # times stay float64
+        obs = np.full(cap, -1, np.int32)
+        ys, yf = np.zeros((B, max(J, 1), n), r), np.zeros((B, n), r)
+        iout, fout = np.zeros(4, np.int32), np.zeros(3, np.float64)
+        self._integrate(np.ascontiguousarray(y, r), np.ascontiguousarray(p, r),
+                        np.ascontiguousarray(tgt, np.float64), tidx, len(tgt), obs0, t0, t1,
+                        float(min(h0, t1 - t0)), solver.rtol, solver.atol, self.eps, cap,
+                        h_out, t_out, obs, ys, yf, iout, fout)
+        N, n_rej, n_att, status = (int(v) for v in iout)
+        t_end, h_last = float(fout[0]), float(fout[1])
+        per_attempt = len(self.b) - (1 if self.fsal else 0)
+        self.stats = dict(accepted=N, rejected=n_rej, attempts=n_att,
+                          rhs_evals=(n_att * per_attempt + (2 if h0 == 0.0 else 1)) * B)
+        where = f"t = {t_end:.15g} of [{t0:.15g}, {t1:.15g}]"
+        if status == _MAX_STEPS:
+            raise SimulationError(
+                f"{solver!r} needed more than max_steps={cap} steps (accepted + rejected: "
+                f"{N} + {n_rej}) and stopped at {where} with step {h_last:.3g}; raise "
+                f"max_steps, loosen rtol/atol (rtol={solver.rtol}, atol={solver.atol}), or "
+                "use BackwardEuler() if the problem is stiff")
+        if status == _NONFINITE:
+            raise SimulationError(
+                f"{solver!r}: the state or its derivative became NaN/inf at {where} (the last "
+                f"attempt gave NaN/inf and the step size underflowed to {h_last:.3g}); check the "
+                "parameters and the right-hand side, or use BackwardEuler() if the problem "
+                "is stiff")
+        if status == _UNDERFLOW:
+            raise SimulationError(
+                f"{solver!r}: the step size underflowed ({h_last:.3g}) at {where}; the "
+                "solution may be singular there or the problem too stiff: check the "
+                "parameters, loosen rtol/atol, or use BackwardEuler()")
+        if not np.all(np.isfinite(yf)):
+            raise SimulationError(f"{solver!r}: the solution is not finite at {where}")
+        self.ys = ys[:, :J].astype(np.float64)
+        self.y_final = yf.astype(np.float64)
+        return (h_out[:N].astype(np.float64), t_out[:N].astype(np.float64),
+                obs[:N].copy(), int(obs0), ts)
