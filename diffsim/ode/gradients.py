@@ -275,7 +275,7 @@ def forward_sensitivities(grid: Grid, saves: int):
 def discrete_adjoint(grid: Grid):
     """Reverse recursion λ_i = Φ_iᵀ λ_{i+1} over step Jacobians (the discrete gradient of
     implicit solvers, by the implicit function theorem): (dL/dp, dL/dy0)."""
-    return _reverse(grid, lambda i0, tape, src: _discrete_maps(grid, i0, tape))
+    return _reverse(grid, lambda i0, tape, stages: _discrete_maps(grid, i0, tape))
 
 
 def _discrete_maps(grid, i0, tape):

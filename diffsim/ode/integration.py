@@ -268,21 +268,8 @@ class Integration(runtime.RuntimeBound):
                     for c in ti.static(range(n)):
                         tape[i, b, c] = y[c]
 
-        @ti.kernel
-        def initial(y: ti.types.ndarray()):
-            # the initial state of each member (from y0(p) when the ODE has one)
-            ti.loop_config(serialize=True)
-            for b in range(B):
-                if ti.static(has_y0):
-                    v = f_y0(pvec(b))
-                    for c in ti.static(range(n)):
-                        y[b, c] = v[c]
-                else:
-                    for c in ti.static(range(n)):
-                        y[b, c] = Y0[b, c]
-
         self._launch, self._segment, self._finish = launch, segment, finish
-        self._load, self._out, self._gout, self._record, self._initial = load, out, gout, record, initial
+        self._load, self._out, self._gout, self._record = load, out, gout, record
         self._backsolve = backsolve
 
     # -- inputs ------------------------------------------------------------------------
@@ -326,7 +313,7 @@ class Integration(runtime.RuntimeBound):
     def forward(self) -> float:
         """Integrate every batch member; returns the total loss (sum over the batch).
         Member losses, saved states and final states are then in :attr:`lb`,
-        :attr:`ys`, :attr:`yf`."""
+        :attr:`ys` and :attr:`checkpoints` (segment-boundary states, last = final)."""
         self._check_runtime()
         self._load(self.params, self.y0)
         self._launch(self.obs0, self.t0)
@@ -352,13 +339,6 @@ class Integration(runtime.RuntimeBound):
         gy = np.zeros((self.B, self.ode.n), self.np_real)
         self._gout(gp, gy)
         return gp.astype(np.float64), gy.astype(np.float64)
-
-    def initial_state(self) -> np.ndarray:
-        """(B, n) initial states at the current inputs (y0(p) evaluated when defined)."""
-        self._load(self.params, self.y0)
-        y = np.zeros((self.B, self.ode.n), self.np_real)
-        self._initial(y)
-        return y.astype(np.float64)
 
     def record(self, i0, cnt, ystart) -> np.ndarray:
         """Every state of steps i0 .. i0 + cnt from ystart (B, n): (cnt + 1, B, n)."""

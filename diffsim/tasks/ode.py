@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DiffsimError
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
+from .. import plot
 from ..ode import Adjoint, make_solver, solve
 from ..ode.data import read_csv
 from ..ode.systems import SYSTEMS
@@ -212,9 +213,7 @@ class ODEProblem(Problem):
         return report
 
     def _plot_adjoint(self, trace, out):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
         ts = np.concatenate([t for t, _ in reversed(trace)])
         lam = np.concatenate([l[:, 0] for _, l in reversed(trace)])
         fig, ax = plt.subplots(figsize=(6, 3))
@@ -223,15 +222,10 @@ class ODEProblem(Problem):
         ax.set_xlabel("t")
         ax.set_title(f"adjoint state ({self.adjoint.kind}); jumps at observations", fontsize=9)
         ax.legend(fontsize=7)
-        p = out / "adjoint.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        return p
+        return plot.save(fig, out, "adjoint.png")
 
     def _plot_fit(self, x, out):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
         ys = self._solve(x).ys[0]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for i, n in enumerate(self.ode.state_names):
@@ -239,22 +233,22 @@ class ODEProblem(Problem):
             ax.plot(self.ts, self.data[:, i], ".", ms=3, label=f"{n} (data)")
         ax.set_xlabel("t")
         ax.legend(fontsize=7)
-        p = out / "fit.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        return p
+        return plot.save(fig, out, "fit.png")
 
     def _plot_sens(self, S, out):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
         fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False)
         for i, sn in enumerate(self.ode.state_names):
             for k, pn in enumerate(self.ode.param_names):
                 axs[i, 0].plot(self.ts, S[:, i, k], label=f"d{sn}/d{pn}")
             axs[i, 0].legend(fontsize=7)
         axs[-1, 0].set_xlabel("t")
-        p = out / "sensitivity.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        return p
+        return plot.save(fig, out, "sensitivity.png")
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (plots go to --out, no window)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
