@@ -38,4 +38,14 @@ class SimulationError(DiffsimError, RuntimeError):
 
 
 class GradientError(DiffsimError, RuntimeError):
-    """A gradient was NaN/inf or a gradient method cannot be used for this problem."""
+    """A gradient was NaN/inf at a valid input: the task failed (exit status 1), the input
+    was not at fault."""
+
+    exit_code = 1
+
+
+class TaskFailed(DiffsimError, RuntimeError):
+    """The request was valid but its goal was not met (a fit that did not converge, a
+    check that failed, an optimisation that diverged): exit status 1."""
+
+    exit_code = 1

@@ -159,6 +159,41 @@ def segments(n_steps: int, max_fused: int | None = None) -> list[tuple[int, int]
     return out
 
 
+#: Largest allocation diffsim makes without being told otherwise: half the machine's
+#: memory (DIFFSIM_MAX_BYTES overrides). Taichi aborts the process on a failed
+#: allocation, so sizes are checked before any field is made.
+def memory_limit() -> int:
+    env = os.environ.get("DIFFSIM_MAX_BYTES")
+    if env:
+        return int(float(env))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return total // 2
+
+
+def check_memory(nbytes, *, what: str, key: str | None = None, value=None) -> None:
+    """Refuse (DiffsimError, exit 2) an allocation of ``nbytes`` bytes above
+    :func:`memory_limit`, naming ``what`` is being allocated and the scene ``key``/``value``
+    that sized it. Call it before making fields; ``nbytes`` may be a float or huge int."""
+    limit = memory_limit()
+    if not (nbytes <= limit):      # also catches NaN
+        where = f" (set by {key} = {value!r})" if key else ""
+        raise DiffsimError(f"{what}{where} would need {_fmt_bytes(nbytes)}, more than the "
+                           f"{_fmt_bytes(limit)} diffsim allows on this machine "
+                           "(DIFFSIM_MAX_BYTES raises it); make it smaller")
+
+
+def _fmt_bytes(n) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} B"
+
+
 class RuntimeBound:
     """Mixin for objects owning Taichi fields: remembers the runtime that made them."""
 
