@@ -42,14 +42,16 @@ def _emit(args, obj: dict, text: str):
         print(text)
 
 
-def _fmt_params(d: dict) -> str:
-    w = max((len(k) for k in d), default=0)
-    return "\n".join(f"  {k:<{w}} = {v:.10g}" for k, v in d.items())
-
-
 def _out_dir(args, name):
+    """The output folder (made if missing); a path that is a file, or that cannot be
+    made, is bad input (exit 2)."""
     p = pathlib.Path(args.out) if args.out else pathlib.Path("diffsim-out") / name
-    p.mkdir(parents=True, exist_ok=True)
+    if p.exists() and not p.is_dir():
+        raise DiffsimError(f"--out {p}: exists and is not a directory; pass a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DiffsimError(f"--out {p}: cannot create the folder ({e.strerror or e})") from None
     return p
 
 
@@ -58,6 +60,15 @@ def _problem(args, **kw):
     runtime.init(arch=args.arch, precision=args.precision)
     sc = scene_mod.load(args.scene, args.set)
     return sc, scene_mod.build(sc, **kw)
+
+
+def _warn(pb, obj, x=None):
+    """Print the problem's warnings on stderr and add them to the JSON object."""
+    ws = list(pb.warnings(x))
+    for w in ws:
+        print(f"diffsim: warning: {w}", file=sys.stderr)
+    if ws:
+        obj["warnings"] = ws
 
 
 # -- verbs -----------------------------------------------------------------------------
@@ -74,14 +85,13 @@ def cmd_scenes(args):
 
 def cmd_run(args):
     sc, pb = _problem(args)
+    out = None if args.no_plot else _out_dir(args, sc.name)
     summary = pb.summary()
-    files = []
-    if not args.no_plot:
-        files = [str(f) for f in pb.plot_run(_out_dir(args, sc.name))]
-    summary["plots"] = files
-    text = pb.summary_text(summary) if hasattr(pb, "summary_text") else json.dumps(_jsonable(summary), indent=2)
-    if files:
-        text += "\nplots: " + ", ".join(files)
+    summary["plots"] = [] if out is None else [str(f) for f in pb.plot_run(out)]
+    text = pb.summary_text(summary)
+    if summary["plots"]:
+        text += "\nplots: " + ", ".join(summary["plots"])
+    _warn(pb, summary)
     _emit(args, summary, text)
     return 0
 
@@ -97,7 +107,10 @@ def cmd_grad(args):
            "grad": {names[i]: float(g[i]) for i in keep}}
     text = (f"objective = {f:.12g}   (method: {out['method']})\n"
             + "\n".join(f"  d/d {names[i]:<16} = {g[i]: .12g}   (at {pb.params.items[i].value:.8g})"
-                        for i in keep))
+                        for i in keep[:64]))
+    if len(keep) > 64:
+        text += f"\n  … {len(keep) - 64} more (--json prints all); gradient 2-norm {np.linalg.norm(g):.6g}"
+    _warn(pb, out)
     _emit(args, out, text)
     return 0
 
@@ -106,10 +119,38 @@ def cmd_check(args):
     from .gradcheck import gradcheck
     sc, pb = _problem(args)
     names = None if not args.all else pb.params.names
-    rep = gradcheck(pb, method=args.method, names=names, rtol=args.rtol, atol=args.atol)
+    rep = gradcheck(pb, method=args.method, names=names, rtol=args.rtol, atol=args.atol,
+                    step=args.step, max_params=args.max_params, directions=args.directions,
+                    progress=not args.json and sys.stderr.isatty())
     out = {"scene": sc.name, **rep.as_dict()}
+    _warn(pb, out)
     _emit(args, out, rep.table())
     return 0 if rep.ok else 1
+
+
+def _finish_optimization(args, pb, report, out_dir, verb="optimize"):
+    """Save the best parameters, print the report and map its status to an exit code:
+    0 converged, 1 not converged / diverged, 130 interrupted."""
+    from . import checkpoint
+    if out_dir is not None:
+        saved = checkpoint.save_params(out_dir / "best_params.json", pb,
+                                       objective=report.get("objective"),
+                                       extra={"status": report.get("status")})
+        report["best_params_file"] = str(saved)
+    text = pb.report_text(report)
+    if out_dir is not None:
+        text += f"\nbest parameters: {report['best_params_file']}"
+    _emit(args, report, text)
+    status = report.get("status")
+    if status == "interrupted":
+        print(f"diffsim: interrupted; the best parameters found so far are above"
+              + (f" and saved in {report['best_params_file']}" if out_dir is not None else ""),
+              file=sys.stderr)
+        return 130
+    if not report.get("success", False):
+        print(f"diffsim: {verb} did not succeed: {report.get('message') or status}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_optimize(args):
@@ -120,38 +161,41 @@ def cmd_optimize(args):
                                  progress=not args.json and not args.no_progress,
                                  plots=not args.no_plot)
     report.setdefault("scene", sc.name)
-    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
-    _emit(args, report, text)
-    if report.get("status") == "interrupted":
-        print("interrupted: the best parameters found so far are above"
-              + (f" and saved in {out_dir}" if out_dir else ""), file=sys.stderr)
-        return 130
-    return 0 if report.get("success", True) else 1
+    return _finish_optimization(args, pb, report, out_dir)
 
 
 def cmd_fit(args):
     sc, pb = _problem(args)
-    if not hasattr(pb, "fit"):
-        raise DiffsimError(f"scene '{sc.name}' (kind {sc.kind}) does not support `fit`")
+    out_dir = _out_dir(args, sc.name)
     report = pb.fit(data=args.data, method=args.method, iterations=args.iterations,
-                    out=_out_dir(args, sc.name), progress=not args.json and not args.no_progress,
+                    out=out_dir, progress=not args.json and not args.no_progress,
                     plots=not args.no_plot, optimizer=args.optimizer)
-    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
-    _emit(args, report, text)
-    return 0 if report.get("success", True) else 1
+    report.setdefault("scene", sc.name)
+    return _finish_optimization(args, pb, report, out_dir, verb="fit")
 
 
 def cmd_sensitivity(args):
     sc, pb = _problem(args)
-    if not hasattr(pb, "sensitivity"):
-        raise DiffsimError(f"scene '{sc.name}' (kind {sc.kind}) does not support `sensitivity`")
     report = pb.sensitivity(method=args.method, out=_out_dir(args, sc.name), plots=not args.no_plot)
-    text = pb.report_text(report) if hasattr(pb, "report_text") else json.dumps(_jsonable(report), indent=2)
-    _emit(args, report, text)
+    _emit(args, report, pb.report_text(report))
     return 0
 
 
 # -- parser ----------------------------------------------------------------------------
+def _positive(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def _step(text):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffsim", description=(
         "Differentiable physics: simulate a scene, take gradients, optimise, fit, and "
@@ -196,8 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check", help="compare a gradient with central finite differences")
     common(sp); method(sp)
     sp.add_argument("--all", action="store_true", help="check every parameter")
-    sp.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (default 1e-6)")
-    sp.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance (default 1e-9)")
+    sp.add_argument("--rtol", type=_positive, default=None,
+                    help="relative tolerance (default 1e-6 in f64, 2e-2 in f32)")
+    sp.add_argument("--atol", type=_positive, default=None,
+                    help="absolute tolerance (default 1e-9 in f64, 1e-4 in f32)")
+    sp.add_argument("--step", type=_step, default="auto",
+                    help="relative finite-difference step, or 'auto' (default: a step ladder, "
+                         "keeping the most stable estimate)")
+    sp.add_argument("--max-params", type=int, default=32,
+                    help="check each parameter up to this many; beyond, random directions")
+    sp.add_argument("--directions", type=int, default=4,
+                    help="random directions checked for many parameters (default 4)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("optimize", help="optimise the scene's parameters")

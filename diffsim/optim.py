@@ -8,7 +8,9 @@ returns what it found with ``status == "interrupted"``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 import sys
 import time
 
@@ -123,18 +125,39 @@ class History:
         self.time.append(float(t))
 
 
+#: why an optimisation stopped; ``success`` is True only for "converged"
+STATUSES = {
+    "converged": "the problem's convergence criterion was met",
+    "max_iterations": "the iteration budget ran out before convergence",
+    "stalled": "the optimiser could make no further progress (line search or tolerance)",
+    "diverged": "the objective or gradient became NaN/inf or exploded; the best point is kept",
+    "interrupted": "stopped by Ctrl-C; the best point is kept",
+    "stopped": "a callback asked to stop",
+}
+
+
 @dataclasses.dataclass
 class OptimizeResult:
-    x: np.ndarray            # best full parameter vector found
-    objective: float         # objective at x
-    iterations: int          # gradient evaluations made
-    status: str              # "converged", "max_iterations", "interrupted", "stalled"
+    """What :func:`minimize` found. ``x`` is the best point seen (all parameters),
+    ``objective`` its value, ``status`` a key of :data:`STATUSES`, ``message`` the reason
+    in words, ``iterations`` the gradient evaluations made *in total* (a resumed run counts
+    the ones before it)."""
+
+    x: np.ndarray
+    objective: float
+    iterations: int
+    status: str
     history: History
     seconds: float
+    message: str = ""
 
     @property
     def interrupted(self) -> bool:
         return self.status == "interrupted"
+
+    @property
+    def success(self) -> bool:
+        return self.status == "converged"
 
 
 class _Progress:
@@ -160,23 +183,65 @@ class _Progress:
             self.bar.close()
 
 
+class _Stop(Exception):
+    def __init__(self, status, message=""):
+        self.status, self.message = status, message
+
+
 def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
-             progress=None, callback=None, desc=None) -> OptimizeResult:
+             progress=None, callback=None, desc=None, checkpoint=None, resume=False,
+             max_grad_norm=None) -> OptimizeResult:
     """Lower ``problem``'s objective over its optimisable parameters.
 
     optimizer: an Adam/GradientDescent/LBFGS object (default Adam(lr=0.01)).
-    iterations: most gradient evaluations. method: gradient method (problem default).
-    progress: show a progress bar on stderr (default: when stderr is a terminal).
-    callback(it, x, f, g): called after each evaluation; return True to stop.
-    ``problem.converged(x, f)`` (if defined) ends the run early with status "converged".
-    The problem's parameters are set to the best point found.
+    iterations: most gradient evaluations in total (a resumed run counts earlier ones).
+    method: gradient method (problem default). progress: a progress bar with the loss on
+    stderr (default: when stderr is a terminal). callback(it, x, f, g): called after each
+    evaluation; return True to stop. ``problem.converged(x, f)`` (if defined) ends the run
+    with status "converged".
+
+    checkpoint: a file path; after every iteration it holds the next point, the optimiser's
+    state, the best point so far and the history, written atomically. resume=True continues
+    from it: the best point found before the interruption is kept, and a first-order
+    optimiser continues exactly as an uninterrupted run would (L-BFGS restarts from the
+    best point with an empty memory).
+
+    Guard: a NaN/inf objective or gradient, a simulation that blows up, or a gradient
+    2-norm above ``max_grad_norm`` stops the run with status "diverged"; Ctrl-C stops it
+    with "interrupted". Either way the problem's parameters are set to the best point
+    found and it is returned, never lost.
     """
+    from . import checkpoint as ckpt
+    from .errors import DiffsimError as _DE, GradientError, SimulationError
+
     optimizer = optimizer or Adam()
+    names = problem.params.names
     x = problem._as_x(x0).copy()
     free = problem.params.free
     if not free.any():
         raise DiffsimError(f"{problem.name} marks no parameter as optimisable; set "
                            "optimize = true on at least one parameter in the scene")
+    hist = History()
+    best = {"f": math.inf, "x": x.copy()}
+    done = 0
+    if resume:
+        if checkpoint is None or not pathlib.Path(checkpoint).exists():
+            raise DiffsimError(f"--resume needs a checkpoint, but {checkpoint} does not exist; "
+                               "run `diffsim optimize` with the same --out first")
+        st = ckpt.load_checkpoint(checkpoint, names)
+        x, done = st["x"], st["iterations"]
+        best = {"f": st["best_f"], "x": st["best_x"]}
+        hist.loss, hist.grad_norm = st["history"]["loss"], st["history"]["grad_norm"]
+        hist.x = st["history"].get("x") or [best["x"].copy()] * len(hist.loss)
+        hist.time = [0.0] * len(hist.loss)
+        if st["optimizer"] and hasattr(optimizer, "load_state_dict"):
+            try:
+                optimizer.load_state_dict(st["optimizer"])
+            except (KeyError, TypeError, ValueError):
+                raise DiffsimError(f"{checkpoint}: the optimiser state is malformed; use a "
+                                   "fresh --out") from None
+        if isinstance(optimizer, LBFGS):
+            x = best["x"].copy()
     lo, hi = problem.params.lower[free], problem.params.upper[free]
     x[free] = np.clip(x[free], lo, hi)
     # Optimise in scaled coordinates u = x / scale, scale = the bound range (or |x0|, or
@@ -184,19 +249,43 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
     # whether it is an angle in rad or a speed in m/s.
     span = hi - lo
     scale = np.where(np.isfinite(span) & (span > 0), span, np.maximum(np.abs(x[free]), 1.0))
-    hist = History()
-    best = {"f": math.inf, "x": x.copy()}
+    remaining = max(iterations - done, 0)
     show = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(iterations, show, desc or f"optimize {problem.name}")
+    bar = _Progress(remaining, show, desc or f"optimize {problem.name}")
     converged = getattr(problem, "converged", None)
     extra = getattr(problem, "progress_info", None)
     t0 = time.perf_counter()
-    status = "max_iterations"
+    status, message = "max_iterations", ""
+    state = {"x_next": x.copy()}
+
+    def save():
+        if checkpoint is None:
+            return
+        ckpt.write_json(checkpoint, {
+            "version": ckpt.VERSION, "problem": problem.name, "names": names,
+            "iterations": done + len(hist.loss) - n_before, "x": state["x_next"],
+            "best_x": best["x"], "best_f": best["f"], "status": status,
+            "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None,
+            "history": {"loss": hist.loss, "grad_norm": hist.grad_norm,
+                        **({"x": hist.x} if len(names) <= 64 else {})}})
+
+    n_before = len(hist.loss)
 
     def evaluate(uf):
         xx = x.copy()
         xx[free] = uf * scale
-        f, g = problem.value_and_grad(xx, method)
+        try:
+            f, g = problem.value_and_grad(xx, method)
+        except (GradientError, SimulationError) as e:
+            raise _Stop("diverged", f"at iteration {len(hist.loss)}: {e}") from None
+        gn = float(np.linalg.norm(g[free]))
+        if not (math.isfinite(f) and math.isfinite(gn)):
+            raise _Stop("diverged", f"at iteration {len(hist.loss)} the objective is {f} and "
+                        f"the gradient norm {gn}")
+        if max_grad_norm is not None and gn > max_grad_norm:
+            raise _Stop("diverged", f"at iteration {len(hist.loss)} the gradient norm "
+                        f"{gn:.3g} exceeds the limit {max_grad_norm:.3g}; lower the learning "
+                        "rate or the time step, or clip gradients")
         hist.append(f, g[free], xx, time.perf_counter() - t0)
         if f < best["f"]:
             best["f"], best["x"] = f, xx.copy()
@@ -205,52 +294,76 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         if converged is not None and converged(xx, f):
             stop = "converged"
         if callback is not None and callback(len(hist.loss) - 1, xx, f, g):
-            stop = stop or "callback"
+            stop = stop or "stopped"
         return f, g[free] * scale, stop
 
     try:
         ulo, uhi = lo / scale, hi / scale
-        if isinstance(optimizer, LBFGS):
-            status = _run_lbfgs(optimizer, evaluate, x[free] / scale, ulo, uhi, iterations)
+        if remaining == 0:
+            message = (f"nothing to do: {done} iterations were already made; raise "
+                       "--iterations above that to continue")
+            status = "max_iterations" if not resume else (_ck_status(checkpoint) or "max_iterations")
+        elif isinstance(optimizer, LBFGS):
+            status = _run_lbfgs(optimizer, evaluate, x[free] / scale, ulo, uhi, remaining, save,
+                                state, free, scale, x)
         else:
             uf = x[free] / scale
-            for _ in range(iterations):
+            for _ in range(remaining):
                 f, g, stop = evaluate(uf)
                 if stop:
-                    status = "converged" if stop == "converged" else "stopped"
+                    status = stop
+                    state["x_next"] = hist.x[-1]
                     break
                 uf = np.clip(optimizer.step(uf, g), ulo, uhi)
+                state["x_next"] = x.copy()
+                state["x_next"][free] = uf * scale
+                save()
+    except _Stop as s:
+        status, message = s.status, s.message
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
         bar.close()
+    if not message:
+        message = STATUSES.get(status, status)
+    try:
+        save()
+    except KeyboardInterrupt:   # a second Ctrl-C while saving: the previous file stands
+        pass
+    if not math.isfinite(best["f"]):
+        best["f"] = math.nan
     problem.set(best["x"])
-    return OptimizeResult(best["x"], best["f"], len(hist.loss), status, hist,
-                          time.perf_counter() - t0)
+    return OptimizeResult(best["x"], best["f"], done + len(hist.loss) - n_before, status, hist,
+                          time.perf_counter() - t0, message)
 
 
-class _Stop(Exception):
-    def __init__(self, status):
-        self.status = status
+def _ck_status(path):
+    try:
+        return json.loads(pathlib.Path(path).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
-def _run_lbfgs(opt, evaluate, xf0, lo, hi, iterations):
+def _run_lbfgs(opt, evaluate, xf0, lo, hi, iterations, save, state, free, scale, x):
     from scipy.optimize import minimize as sp_minimize
 
-    def fun(xf):
-        f, g, stop = evaluate(np.asarray(xf, dtype=np.float64))
+    def fun(uf):
+        f, g, stop = evaluate(np.asarray(uf, dtype=np.float64))
+        state["x_next"] = x.copy()
+        state["x_next"][free] = np.asarray(uf) * scale
+        save()
         if stop:
-            raise _Stop("converged" if stop == "converged" else "stopped")
+            raise _Stop(stop)
         return f, g
 
     bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
               for a, b in zip(lo, hi)]
-    try:
-        r = sp_minimize(fun, xf0, jac=True, method="L-BFGS-B", bounds=bounds,
-                        options={"maxfun": iterations, "maxiter": iterations,
-                                 "maxcor": opt.memory, "gtol": opt.gtol, "ftol": opt.ftol})
-    except _Stop as s:
-        return s.status
+    r = sp_minimize(fun, xf0, jac=True, method="L-BFGS-B", bounds=bounds,
+                    options={"maxfun": iterations, "maxiter": iterations,
+                             "maxcor": opt.memory, "gtol": opt.gtol, "ftol": opt.ftol})
     if r.nfev >= iterations or r.nit >= iterations:
         return "max_iterations"
-    return "stalled"
+    msg = r.message.decode() if isinstance(r.message, bytes) else str(r.message)
+    # scipy's success also covers "no relative reduction of f": that is a stall, not
+    # convergence; only the projected-gradient test is a stated optimality criterion.
+    return "converged" if "PGTOL" in msg.upper() else "stalled"

@@ -24,9 +24,10 @@ import sys
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send file descriptor 1 to stderr for a while: Taichi prints its banner and
-    "Starting on arch" to stdout (from C++ and Python), which would corrupt `--json`."""
+def _stdout_to_stderr(quiet=False):
+    """Send file descriptor 1 to stderr (``quiet``: to /dev/null) for a while: Taichi
+    prints its banner and "Starting on arch" to stdout (from C++ and Python), which would
+    corrupt `--json` and clutter every command's output."""
     try:
         fd = sys.stdout.fileno()
         err = sys.stderr.fileno()
@@ -35,15 +36,21 @@ def _stdout_to_stderr():
         return
     sys.stdout.flush()
     saved = os.dup(fd)
+    null = os.open(os.devnull, os.O_WRONLY) if quiet else None
     try:
-        os.dup2(err, fd)
+        os.dup2(null if quiet else err, fd)
         yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, fd)
         os.close(saved)
+        if null is not None:
+            os.close(null)
 
 
+# Taichi prints a version banner on import: on every command, even `diffsim scenes`.
+# A user who wants it sets ENABLE_TAICHI_HEADER_PRINT=1.
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")
 with _stdout_to_stderr():
     import taichi as ti
 
@@ -118,7 +125,7 @@ def init(arch: str = "cpu", precision: str = "f64", *, verbose: bool = False) ->
         ti_arch = _arch_of(arch)
     if precision == "f64" and arch in ("vulkan", "metal"):
         raise DiffsimError(f"arch={arch!r} has no float64; pass precision='f32' or use cpu/cuda")
-    with _stdout_to_stderr():
+    with _stdout_to_stderr(quiet=not verbose):
         ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, ad_stack_size=AD_STACK_SIZE,
                 offline_cache=True, log_level=ti.INFO if verbose else ti.WARN)
     picked = _picked_arch()

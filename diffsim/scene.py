@@ -12,7 +12,10 @@ import dataclasses
 import importlib
 import math
 import pathlib
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 from typing import Any, Callable
 
 from .errors import SceneError
@@ -28,6 +31,8 @@ SCENE_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenes"
 _PACKAGED_SCENES = pathlib.Path(__file__).resolve().parent / "scenes"
 
 _MISSING = object()
+#: largest scene file read (the biggest bundled robot is ~20 KB)
+MAX_SCENE_BYTES = 4 << 20
 
 
 @dataclasses.dataclass
@@ -97,8 +102,10 @@ def resolve(scene: str | pathlib.Path) -> pathlib.Path:
     """A bundled scene name or a path -> the file's path (SceneError if neither)."""
     p = pathlib.Path(scene)
     if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
+        if not p.exists():
             raise SceneError("no such scene file", file=str(p))
+        if not p.is_file():
+            raise SceneError("is not a regular file; pass a .toml scene file", file=str(p))
         return p
     found = bundled_scenes()
     if str(scene) in found:
@@ -120,10 +127,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SceneError(f"--set expects KEY=VALUE (e.g. physics.drag=0.1), got {text!r}")
     key, raw = text.split("=", 1)
     key, raw = key.strip(), raw.strip()
-    if not key:
-        raise SceneError(f"--set expects KEY=VALUE, got {text!r}")
+    if not key or any(not part.strip() for part in key.split(".")):
+        raise SceneError(f"--set expects KEY=VALUE with a key like section.name, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
+    except RecursionError:
+        raise SceneError(f"--set {key}: the value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
         if raw.lower() in ("nan", "+nan", "-nan"):
             value = float("nan")
@@ -253,11 +262,22 @@ def load(scene: str | pathlib.Path, overrides: list[str] | dict | None = None) -
     path = resolve(scene)
     spath = str(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_SCENE_BYTES:
+            raise SceneError(f"is {size} bytes; a scene file is at most {MAX_SCENE_BYTES}", file=spath)
+        with open(path, "rb") as fh:        # bounded read: /dev/zero is "a file" too
+            data = fh.read(MAX_SCENE_BYTES + 1)
+        if len(data) > MAX_SCENE_BYTES:
+            raise SceneError(f"is longer than {MAX_SCENE_BYTES} bytes; not a scene file", file=spath)
+        raw = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise SceneError(f"not valid TOML: {e}", file=spath) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SceneError(f"cannot read: {e}", file=spath) from None
+    except UnicodeDecodeError as e:
+        raise SceneError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=spath) from None
+    except OSError as e:
+        raise SceneError(f"cannot read: {e.strerror or e}", file=spath) from None
+    except RecursionError:
+        raise SceneError("nested too deeply to be a scene file", file=spath) from None
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for k, v in items:
         _apply_override(raw, k, v, spath)
