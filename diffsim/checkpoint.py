@@ -46,6 +46,7 @@ def write_json(path, obj) -> pathlib.Path:
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(_plain(obj)))
         os.replace(tmp, path)
     except OSError as e:
@@ -143,7 +144,9 @@ def load_checkpoint(path, names: list[str]) -> dict:
             "history": {"loss": _numbers(hist.get("loss", []), "history.loss", path),
                         "grad_norm": _numbers(hist.get("grad_norm", []), "history.grad_norm", path),
                         "x": xs},
-            "status": d.get("status")}
+            "status": d.get("status"),
+            "scale": None if d.get("scale") is None else
+            _vector(d, "scale", len(d["scale"]) if isinstance(d["scale"], list) else -1, path)}
 
 
 def save_params(path, problem, objective=None, extra=None) -> pathlib.Path:

@@ -129,6 +129,7 @@ class History:
 STATUSES = {
     "converged": "the problem's convergence criterion was met",
     "max_iterations": "the iteration budget ran out before convergence",
+    "completed": "ran the requested iterations (this objective states no convergence criterion)",
     "stalled": "the optimiser could make no further progress (line search or tolerance)",
     "diverged": "the objective or gradient became NaN/inf or exploded; the best point is kept",
     "interrupted": "stopped by Ctrl-C; the best point is kept",
@@ -157,7 +158,7 @@ class OptimizeResult:
 
     @property
     def success(self) -> bool:
-        return self.status == "converged"
+        return self.status in ("converged", "completed")
 
 
 class _Progress:
@@ -223,7 +224,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
                            "optimize = true on at least one parameter in the scene")
     hist = History()
     best = {"f": math.inf, "x": x.copy()}
-    done = 0
+    done, st = 0, {}
     if resume:
         if checkpoint is None or not pathlib.Path(checkpoint).exists():
             raise DiffsimError(f"--resume needs a checkpoint, but {checkpoint} does not exist; "
@@ -249,6 +250,11 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
     # whether it is an angle in rad or a speed in m/s.
     span = hi - lo
     scale = np.where(np.isfinite(span) & (span > 0), span, np.maximum(np.abs(x[free]), 1.0))
+    if resume and st.get("scale") is not None:
+        if len(st["scale"]) != int(free.sum()):
+            raise DiffsimError(f"{checkpoint}: 'scale' has {len(st['scale'])} entries for "
+                               f"{int(free.sum())} optimised parameters; use a fresh --out")
+        scale = st["scale"]     # the run's coordinates are fixed by its first start point
     remaining = max(iterations - done, 0)
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(remaining, show, desc or f"optimize {problem.name}")
@@ -264,7 +270,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         ckpt.write_json(checkpoint, {
             "version": ckpt.VERSION, "problem": problem.name, "names": names,
             "iterations": done + len(hist.loss) - n_before, "x": state["x_next"],
-            "best_x": best["x"], "best_f": best["f"], "status": status,
+            "best_x": best["x"], "best_f": best["f"], "status": status, "scale": scale,
             "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None,
             "history": {"loss": hist.loss, "grad_norm": hist.grad_norm,
                         **({"x": hist.x} if len(names) <= 64 else {})}})
@@ -318,6 +324,9 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
                 state["x_next"] = x.copy()
                 state["x_next"][free] = uf * scale
                 save()
+            else:
+                if converged is None:
+                    status = "completed"
     except _Stop as s:
         status, message = s.status, s.message
     except KeyboardInterrupt:

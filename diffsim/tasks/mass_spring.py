@@ -253,127 +253,37 @@ class MassSpringProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False, out=None,
                          progress=True, plots=True, optimizer=None):
-        """Optimise ``task.optimize``; after each iteration writes ``checkpoint.json`` in
-        ``out`` (parameters, optimiser state, history); ``resume=True`` continues from it.
-        Gradient method ``method`` (default discrete); the optimiser is ``optim.method``."""
-        from ..optim import LBFGS, minimize
+        """Optimise ``task.optimize`` with the shared loop (:func:`diffsim.optim.minimize`):
+        after each iteration ``out/checkpoint.json`` holds the next point, the optimiser
+        state and the best point; ``resume=True`` continues from it. Gradient method
+        ``method`` (default discrete); the optimiser is ``optim.method``; a gradient norm
+        above ``optim.max_grad_norm`` stops the run as diverged, keeping the best point."""
+        from ..optim import minimize
+        from ..problem import checkpoint_path, optimization_report
         o = self.scene["optim"]
-        iterations = iterations or o["iterations"]
         if seed is not None and seed != self.seed:
             self.sim.init_controller(seed, self.scene["controller"]["scale"])
             self.seed = seed
             self._make_params()
-        opt = optimizer or self.make_optimizer()
-        out = pathlib.Path(out) if out is not None else None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-        ck = out / "checkpoint.json" if out is not None else None
-        hist = {"loss": [], "grad_norm": []}
-        done = 0
-        x0 = self.x0()
-        if resume:
-            if ck is None or not ck.exists():
-                raise DiffsimError(f"--resume needs a checkpoint, but {ck} does not exist; run "
-                                   "`diffsim optimize` with the same --out first")
-            state = json.loads(ck.read_text())
-            if state["n_params"] != len(self.params):
-                raise DiffsimError(f"{ck} holds {state['n_params']} parameters, this scene has "
-                                   f"{len(self.params)}; use a fresh --out")
-            x0 = np.array(state["x"])
-            if hasattr(opt, "load_state_dict") and state.get("optimizer"):
-                opt.load_state_dict(state["optimizer"])
-            hist = state["history"]
-            done = state["iterations"]
-        max_norm = o["max_grad_norm"]
-        initial = {"x": x0.copy()}
-        remaining = max(iterations - done, 0)
-
-        def callback(it, x, f, g):
-            n = float(np.linalg.norm(g))
-            if not math.isfinite(f) or not math.isfinite(n) or n > max_norm:
-                raise GradientError(
-                    f"iteration {done + it}: the objective/gradient is not usable (objective {f}, "
-                    f"gradient norm {n:.3g} > optim.max_grad_norm={max_norm:g} or NaN); lower "
-                    "optim.lr, set optim.clip, or lower sim.dt")
-            hist["loss"].append(float(f))
-            hist["grad_norm"].append(n)
-            if ck is not None:
-                # x is the point just evaluated; the optimiser's state is from the step before.
-                nxt = x
-                state = {"n_params": len(self.params), "iterations": done + it + 1,
-                         "x": nxt.tolist(), "history": hist,
-                         "optimizer": opt.state_dict() if hasattr(opt, "state_dict") else None}
-                self._pending = state
-            return False
-
-        if isinstance(opt, LBFGS):
-            r = minimize(self, opt, iterations=remaining, x0=x0, progress=progress, callback=callback,
-                         method=method) if remaining else None
-        else:
-            r = self._minimize_checkpointed(opt, x0, remaining, method, progress, callback, ck, done, hist) \
-                if remaining else None
-        if r is None:
-            xb, fb, status = x0, self.objective(x0), "max_iterations"
-        else:
-            xb, fb, status = r.x, r.objective, r.status
-        self.set(xb)
-        report = {"params": {"n": len(self.params)}, "objective": fb,
-                  "iterations": done + (r.iterations if r else 0), "status": status,
-                  "success": status != "interrupted", "history": hist,
-                  "initial_objective": hist["loss"][0] if hist["loss"] else fb}
-        if len(self.params) <= 64:
-            report["params"] = self.params.as_dict(xb)
+        x_before = self.x0()
+        r = minimize(self, optimizer or self.make_optimizer(), iterations=iterations or o["iterations"],
+                     method=method, progress=progress, checkpoint=checkpoint_path(out),
+                     resume=resume, max_grad_norm=o["max_grad_norm"])
+        report = optimization_report(self, r)
+        loss = r.history.loss
+        report["initial_objective"] = loss[0] if loss else r.objective
         if self.true_stiffness is not None:
             report["true_stiffness"] = self.true_stiffness
             report["fitted_stiffness"] = self.sim.get("stiffness")[0]
-        if out is not None:
-            np.save(out / "best_params.npy", xb)
-            if plots:
-                from ..systems import mass_spring_plots as plots_mod
-                report["plots"] = [str(p) for p in plots_mod.training_plots(self, hist, out, initial["x"], xb)]
+        if plots and out is not None and loss:
+            from ..systems import mass_spring_plots as plots_mod
+            hist = {"loss": loss, "grad_norm": r.history.grad_norm}
+            report["plots"] = [str(p) for p in plots_mod.training_plots(self, hist, out, x_before, r.x)]
         return report
-
-    def _minimize_checkpointed(self, opt, x0, iterations, method, progress, callback, ck, done, hist):
-        """First-order loop (Adam/GD) in the parameters' own units. After each step the
-        checkpoint holds the *next* point and the optimiser state, so resuming reproduces
-        an uninterrupted run. Ctrl-C returns the best point so far (status "interrupted")."""
-        import time
-        from ..optim import OptimizeResult, History, _Progress
-        free = self.params.free
-        lo, hi = self.params.lower[free], self.params.upper[free]
-        x = np.array(x0, dtype=np.float64)
-        x[free] = np.clip(x[free], lo, hi)
-        best = {"f": math.inf, "x": x.copy()}
-        h = History()
-        bar = _Progress(iterations, progress, f"optimize {self.name}")
-        t0, status = time.perf_counter(), "max_iterations"
-        try:
-            for it in range(iterations):
-                f, g = self.value_and_grad(x, method)
-                callback(it, x, f, g)
-                h.append(f, g[free], x, time.perf_counter() - t0)
-                if f < best["f"]:
-                    best["f"], best["x"] = f, x.copy()
-                bar.update(f, self.progress_info(x))
-                x = x.copy()
-                x[free] = np.clip(opt.step(x[free], g[free]), lo, hi)
-                if ck is not None:
-                    st = self._pending
-                    st["x"] = x.tolist()
-                    st["optimizer"] = opt.state_dict()
-                    tmp = ck.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(st))
-                    tmp.replace(ck)
-        except KeyboardInterrupt:
-            status = "interrupted"
-        finally:
-            bar.close()
-        self.set(best["x"])
-        return OptimizeResult(best["x"], best["f"], len(h.loss), status, h, time.perf_counter() - t0)
 
     def report_text(self, r):
         lines = [f"{self.name}: objective {r['initial_objective']:.6g} -> {r['objective']:.6g} "
-                 f"after {r['iterations']} iterations ({r['status']})"]
+                 f"after {r['iterations']} iterations ({r['status']}: {r['message']})"]
         if r.get("plots"):
             lines.append("plots: " + ", ".join(r["plots"]))
         return "\n".join(lines)
