@@ -22,7 +22,6 @@ kernel with ``ndarray`` arguments each, and the step grid and data are re-upload
 when they change.
 """
 import math
-import warnings
 
 import numpy as np
 import taichi as ti
@@ -30,9 +29,6 @@ import taichi as ti
 from .. import runtime
 from ..errors import DiffsimError
 
-
-# trace-time helpers (pack, sum) build expressions on purpose; Taichi warns about them
-warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
 
 #: batch size from which the batch loop runs in parallel (below it, dispatch costs more
 #: than it gains; measured on CPU)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from .gradients import Adjoint, Grid, continuous_adjoint, discrete_adjoint, forward_sensitivities, jacobians
-from .solvers import RK4, Solver
+from .solvers import RK4, Solver, quiet_trace
 
 METHODS = ("discrete", "adjoint", "forward", "fd")
 
@@ -117,7 +117,15 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
     memory is O(N / max_fused + max_fused) states. adjoint_trace: a list that receives
     (times, λ (L+1, B, n)) per segment when gradient="adjoint", for plots.
     """
+    with quiet_trace():
+        return _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights,
+                              gradient, adjoint, max_fused, adjoint_trace)
+
+
+def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, gradient,
+                   adjoint, max_fused, adjoint_trace):
     solver = solver or RK4()
+    ode.check()      # sizes and indices of the user functions, before any real kernel
     t0, t1 = (float(v) for v in t_span)
     if not (np.isfinite(t0) and np.isfinite(t1) and t1 > t0):
         raise DiffsimError(f"t_span must be (t0, t1) with t1 > t0, got {t_span!r}")

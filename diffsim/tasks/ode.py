@@ -247,8 +247,6 @@ class ODEProblem(Problem):
 
 
 def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (plots go to --out, no window)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    """matplotlib.pyplot as configured by the caller: the library never switches the
+    backend (the CLI selects Agg)."""
+    return plot._plt()
