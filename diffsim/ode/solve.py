@@ -149,8 +149,11 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         raise DiffsimError(f"adjoint must be an Adjoint(kind=...) object, got {adjoint!r}")
     if saveat is not None:
         saveat = np.asarray(saveat, dtype=np.float64).ravel()
-        if not np.all(np.isfinite(saveat)) or np.any(saveat < t0 - 1e-12) or np.any(saveat > t1 + 1e-12):
-            raise DiffsimError(f"saveat times must be finite and inside [{t0}, {t1}], got {saveat.tolist()}")
+        bad = np.nonzero(~np.isfinite(saveat) | (saveat < t0 - 1e-12) | (saveat > t1 + 1e-12))[0]
+        if len(bad):
+            raise DiffsimError(f"saveat times must be finite and inside [{t0:g}, {t1:g}]: "
+                               f"{len(bad)} of {len(saveat)} are not (first: saveat[{bad[0]}] = "
+                               f"{saveat[bad[0]]:g})")
         if np.any(np.diff(saveat) <= 0):
             raise DiffsimError("saveat times must be strictly increasing")
     jac = jacobians(ode, solver, B)

@@ -119,10 +119,23 @@ class ODEProblem(Problem):
 
     def use_data(self, path):
         """Replace the observations by a CSV file (header t,<state names>); its times
-        must lie on the step grid."""
-        ts, ys = read_csv(path, self.ode.state_names)
-        self.ts, self.data = ts, ys
-        self._objective(self.params.vector)   # validates the times against dt now
+        must lie inside [t0, t1] and, for fixed-step solvers, on the step grid."""
+        ts, ys, lines = read_csv(path, self.ode.state_names, with_lines=True)
+        t0, t1 = self.t_span
+        tol = 1e-12 * max(abs(t0), abs(t1), t1 - t0)
+        out = np.nonzero((ts < t0 - tol) | (ts > t1 + tol))[0]
+        if len(out):
+            raise DiffsimError(
+                f"{path}:{lines[out[0]]}: observation time {ts[out[0]]:g} lies outside the "
+                f"solve span [{t0:g}, {t1:g}] ({len(out)} of {len(ts)} times do, from "
+                f"{ts[out].min():g} to {ts[out].max():g}); set solve.t0/solve.t1 to cover them")
+        old = (self.ts, self.data, getattr(self, "data_source", None))
+        self.ts, self.data, self.data_source = ts, ys, str(path)
+        try:
+            self._objective(self.params.vector)   # validates the times against dt now
+        except DiffsimError as e:
+            self.ts, self.data, self.data_source = old
+            raise DiffsimError(f"{path}: {e}") from None
 
     def sensitivity_matrix(self, x):
         """dy_i(t_j)/dp_k at the observation times by forward sensitivities, (J, n, m)."""
@@ -133,12 +146,50 @@ class ODEProblem(Problem):
         S = self.sensitivity_matrix(x)[:, :, self.params.free]
         return S.reshape(-1, S.shape[-1])
 
+    def _source(self):
+        return getattr(self, "data_source", None) or f"the synthetic observations of scene '{self.name}'"
+
+    def _check_determined(self, x, names):
+        """Refuse data that cannot determine the free parameters: fewer finite residuals
+        than parameters, or a residual Jacobian (forward sensitivities at x) of deficient
+        rank (column-scaled condition number above COND_MAX, or a zero column)."""
+        mask = np.isfinite(self.data)
+        k, nres = len(names), int(mask.sum())
+        src = self._source()
+        if nres < k:
+            raise DiffsimError(
+                f"{src}: {nres} finite observation value(s) cannot determine {k} parameters "
+                f"({', '.join(names)}); give at least {k} observed values (empty cells and NaN "
+                "are unobserved)")
+        J = self.residual_jacobian(x)[mask.ravel()]
+        _, cond, null = _scaled_svd(J)
+        if not cond <= COND_MAX:
+            combo = " and ".join(names[i] for i in np.argsort(-np.abs(null))[:2])
+            raise DiffsimError(
+                f"{src}: the observations cannot determine the parameters ({', '.join(names)}): "
+                f"the residuals' sensitivity matrix is rank-deficient at the starting point "
+                f"(condition number {cond:.3g} > {COND_MAX:.0e}); {combo} change the fit only "
+                "together. Observe more states or times, or fit fewer parameters")
+
     def fit(self, data=None, method=None, iterations=None, out=None, progress=False,
             plots=True, optimizer=None):
         """Fit the optimisable parameters to ``data`` (CSV path) or the scene's synthetic
-        observations. Returns fitted params, final loss, iterations, approximate standard
-        errors sqrt(diag(s²(JᵀJ)⁻¹)) with s² = RSS/(#obs - #free) and J the residual
-        Jacobian at the optimum (central differences)."""
+        observations by least squares (L-BFGS, Adam or Levenberg–Marquardt).
+
+        Returns a report: fitted params, loss (Σ of squared residuals), iterations,
+        status and message, success (= status "converged"), std_errors and correlation.
+
+        status: "converged" when, at the returned point, the Gauss–Newton step predicts a
+        decrease of at most GN_RTOL (1e-8) of the objective (Bates–Watts relative offset
+        ≤ 1e-4: the residual is orthogonal to the model's tangent space), or the fit is
+        exact (RMS residual ≤ EXACT_RTOL = 1e-10 × max |data|); otherwise
+        "max_iterations" (budget used), "interrupted" (Ctrl-C: the best point so far is
+        returned, no standard errors) or "stalled" (the optimiser stopped short of the
+        criterion). Standard errors: sqrt(diag(s²(JᵀJ)⁻¹)), s² = RSS/(#obs − #free), J the
+        residual Jacobian from forward sensitivities at the optimum; NaN with a warning
+        when JᵀJ is singular (scaled condition number of J above COND_MAX) or there are
+        no residual degrees of freedom. Data that cannot determine the parameters is
+        refused with a DiffsimError naming the file."""
         if data is not None:
             self.use_data(data)
         fsec = self.scene["fit"]
@@ -148,10 +199,14 @@ class ODEProblem(Problem):
         if not free.any():
             raise DiffsimError(f"scene '{self.name}' lists no parameter in fit.optimize; "
                                "add e.g. --set 'fit.optimize=[\"alpha\"]'")
+        names = [n for n, f in zip(self.params.names, free) if f]
         x = self.params.vector
+        self._check_determined(x, names)
+        mask = np.isfinite(self.data)
+        interrupted = False
         if optimizer == "lm":
             from scipy.optimize import least_squares
-            mask = np.isfinite(self.data)
+            best = {"f": math.inf, "x": x.copy(), "n": 0}
 
             def full(xf):
                 xx = x.copy()
@@ -159,32 +214,65 @@ class ODEProblem(Problem):
                 return xx
 
             def res(xf):
-                return (self._solve(full(xf)).ys[0] - np.nan_to_num(self.data))[mask]
+                r = (self._solve(full(xf)).ys[0] - np.nan_to_num(self.data))[mask]
+                f = float(r @ r)
+                best["n"] += 1
+                if f < best["f"]:
+                    best["f"], best["x"] = f, full(xf)
+                return r
 
             def jac(xf):     # Gauss–Newton Jacobian from forward sensitivities
                 return self.residual_jacobian(full(xf))[mask.ravel()]
-            r = least_squares(res, x[free], jac=jac, method="lm", max_nfev=iterations)
-            x[free] = r.x
+            try:
+                least_squares(res, x[free], jac=jac, method="lm", max_nfev=iterations)
+            except KeyboardInterrupt:
+                interrupted = True
+            x, its, loss = best["x"], best["n"], best["f"]
             self.set(x)
-            status, its = ("converged" if r.success else "max_iterations"), int(r.nfev)
         else:
             from ..optim import LBFGS, Adam, minimize
             opt = LBFGS() if optimizer == "lbfgs" else Adam(lr=fsec["lr"])
             r = minimize(self, opt, iterations=iterations, method=method, progress=progress)
-            x, status, its = r.x, r.status, r.iterations
-        loss = self._objective(x)
-        Jm = self.residual_jacobian(x)[np.isfinite(self.data).ravel()]
-        dof = max(Jm.shape[0] - Jm.shape[1], 1)
-        try:
-            cov = (loss / dof) * np.linalg.inv(Jm.T @ Jm)
-            se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-        except np.linalg.LinAlgError:
-            se = np.full(Jm.shape[1], np.nan)
-        names = [n for n, f in zip(self.params.names, free) if f]
-        report = {"scene": self.name, "optimizer": optimizer, "params": self.params.as_dict(x),
-                  "std_errors": dict(zip(names, se.tolist())), "loss": loss,
-                  "iterations": its, "status": status, "success": True}
-        if plots and out is not None:
+            x, its, loss = r.x, r.iterations, r.objective
+            interrupted = r.status == "interrupted"
+        warns = []
+        k = len(names)
+        se, corr = np.full(k, np.nan), np.full((k, k), np.nan)
+        if interrupted:
+            status = "interrupted"
+            message = ("interrupted (Ctrl-C) after {its} evaluations: the best point so far is "
+                       "returned; convergence and standard errors were not evaluated").format(its=its)
+        else:
+            rvec = (self._solve(x).ys[0] - np.nan_to_num(self.data))[mask]
+            loss = float(rvec @ rvec)
+            Jm = self.residual_jacobian(x)[mask.ravel()]
+            pred, exact = _convergence(Jm, rvec, self.data[mask])
+            if not math.isfinite(loss):
+                status, message = "diverged", f"the objective is {loss} at the returned point"
+            elif exact or pred <= GN_RTOL * loss:
+                status = "converged"
+                message = ("converged: " + (f"exact fit, RMS residual ≤ {EXACT_RTOL:g}·max|data|"
+                                            if exact else
+                           f"the Gauss–Newton step would lower the objective by {pred / loss:.2g} "
+                           f"of its value (≤ {GN_RTOL:g})"))
+            else:
+                status = "max_iterations" if its >= iterations else "stalled"
+                message = (f"{status}: after {its} evaluations the Gauss–Newton step would still "
+                           f"lower the objective by {pred / loss:.2g} of its value (> {GN_RTOL:g}); "
+                           + ("raise --iterations" if status == "max_iterations" else
+                              "the optimiser stopped early: try another optimizer (lm) or start"))
+            se, corr, w = _uncertainty(Jm, loss, names)
+            warns += w
+        report = {"scene": self.name, "data": self._source(), "optimizer": optimizer,
+                  "params": self.params.as_dict(x),
+                  "std_errors": dict(zip(names, se.tolist())),
+                  "correlation": {"names": names, "matrix": corr.tolist()},
+                  "loss": loss, "iterations": its, "status": status,
+                  "success": status == "converged", "message": message,
+                  "criterion": (f"Gauss–Newton predicted decrease ≤ {GN_RTOL:g}·objective, or "
+                                f"RMS residual ≤ {EXACT_RTOL:g}·max|data|"),
+                  "warnings": warns}
+        if plots and out is not None and not interrupted:
             report["plots"] = [str(self._plot_fit(x, pathlib.Path(out)))]
         return report
 
@@ -244,6 +332,61 @@ class ODEProblem(Problem):
             axs[i, 0].legend(fontsize=7)
         axs[-1, 0].set_xlabel("t")
         return plot.save(fig, out, "sensitivity.png")
+
+
+#: fit: converged when the Gauss–Newton step predicts a decrease ≤ GN_RTOL·objective
+GN_RTOL = 1e-8
+#: fit: converged as an exact fit when RMS residual ≤ EXACT_RTOL·max |data|
+EXACT_RTOL = 1e-10
+#: largest condition number of the column-scaled residual Jacobian J for which JᵀJ
+#: (condition number squared: 1e14) is inverted; above it the data do not determine
+#: the parameters separately
+COND_MAX = 1e7
+
+
+def _scaled_svd(J):
+    """Singular values of J with unit-norm columns, its condition number (inf when a
+    column is zero or J is rank-deficient) and the right singular vector of the smallest
+    singular value (which combination of parameters is undetermined)."""
+    cn = np.linalg.norm(J, axis=0)
+    if J.shape[0] < J.shape[1] or not np.all(cn > 0) or not np.all(np.isfinite(J)):
+        null = np.where(cn > 0, 0.0, 1.0) if np.any(cn == 0) else np.ones(J.shape[1])
+        return None, math.inf, null
+    _, sv, vt = np.linalg.svd(J / cn, full_matrices=False)
+    cond = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
+    return sv, cond, vt[-1]
+
+
+def _convergence(J, r, data):
+    """(predicted Gauss–Newton decrease ‖P r‖² with P the projector on J's columns,
+    exact-fit flag) at a point with residuals r (R,), Jacobian J (R, k), data (R,)."""
+    q, _ = np.linalg.qr(J / np.maximum(np.linalg.norm(J, axis=0), 1e-300))
+    pr = q.T @ r
+    rms = math.sqrt(float(r @ r) / max(len(r), 1))
+    scale = float(np.max(np.abs(data))) if len(data) else 0.0
+    return float(pr @ pr), rms <= EXACT_RTOL * max(scale, 1e-300)
+
+
+def _uncertainty(J, rss, names):
+    """Standard errors (k,), correlation matrix (k, k) and warnings at the optimum:
+    cov = s²(JᵀJ)⁻¹ with s² = rss/(#residuals − k); NaN where JᵀJ is singular."""
+    k = len(names)
+    nan = (np.full(k, np.nan), np.full((k, k), np.nan))
+    dof = J.shape[0] - k
+    sv, cond, null = _scaled_svd(J)
+    if not cond <= COND_MAX:
+        combo = " and ".join(names[i] for i in np.argsort(-np.abs(null))[:2])
+        return (*nan, [f"JᵀJ is singular at the optimum (scaled condition number of J "
+                       f"{cond:.3g} > {COND_MAX:.0e}): {combo} are not separately determined; "
+                       "standard errors and correlations are NaN"])
+    if dof <= 0:
+        return (*nan, [f"{J.shape[0]} residuals for {k} parameters leave no degrees of freedom "
+                       "to estimate the noise; standard errors are NaN"])
+    cn = np.linalg.norm(J, axis=0)
+    inv = np.linalg.inv((J / cn).T @ (J / cn)) / np.outer(cn, cn)
+    cov = (rss / dof) * inv
+    d = np.sqrt(np.maximum(np.diag(inv), 0.0))
+    return np.sqrt(np.maximum(np.diag(cov), 0.0)), inv / np.outer(d, d), []
 
 
 def _pyplot():
