@@ -12,8 +12,9 @@ import numpy as np
 from ..errors import DiffsimError
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
-from .. import plot
+from .. import plot, runtime
 from ..ode import Adjoint, make_solver, solve
+from ..ode.solve import MAX_STEPS, solve_bytes
 from ..ode.data import read_csv
 from ..ode.systems import SYSTEMS
 
@@ -70,6 +71,17 @@ def check_scene(sc):
     if not s["t1"] > s["t0"]:
         raise sc.error("must be greater than solve.t0", key="solve.t1", value=s["t1"])
     n = (s["t1"] - s["t0"]) / s["dt"]
+    if s["solver"] != "dopri5":
+        # memory is bounded in the step count but grows with it (checkpoints): refuse an
+        # enormous horizon here, before anything is allocated
+        runtime.check_memory(
+            solve_bytes(n, 1, ode.n),
+            what=f"solving {n:.3g} steps of (solve.t1 - solve.t0)/solve.dt = "
+                 f"({s['t1']:g} - {s['t0']:g})/{s['dt']:g}", key="solve.dt", value=s["dt"])
+        if not n <= MAX_STEPS:
+            raise sc.error(f"(solve.t1 - solve.t0)/solve.dt = {n:.3g} steps is more than the "
+                           f"{MAX_STEPS:.0e} a fixed-step solve may take; raise solve.dt or "
+                           "lower solve.t1", key="solve.dt", value=s["dt"])
     if s["solver"] != "dopri5" and abs(n - round(n)) > 1e-6 or (round(n) % (sc["observe"]["count"] - 1)):
         raise sc.error(f"dt must divide [t0, t1] into a multiple of observe.count - 1 = "
                        f"{sc['observe']['count'] - 1} steps", key="solve.dt", value=s["dt"])
