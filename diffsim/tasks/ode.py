@@ -127,7 +127,75 @@ class ODEProblem(Problem):
 
     def _value_and_grad(self, x, method):
         s = self._solve(x, gradient=method, data=self.data)
+        self._last = (np.array(x, dtype=np.float64), method, s.loss, s.grad_params[0].copy())
         return s.loss, s.grad_params[0]
+
+    def _with_resolution(self, x, method, refine):
+        """Gradient by ``method`` with the time steps refined by ``refine`` (2: dt/2 for
+        fixed steps; Dopri5: rtol and atol divided by 2⁵, which halves its steps)."""
+        saved = self.solver, self.dt
+        try:
+            if self.solver.adaptive:
+                f = float(refine) ** 5
+                self.solver = make_solver("dopri5", rtol=self.solver.rtol / f, atol=self.solver.atol / f)
+            else:
+                self.dt = self.dt / refine
+            return self._solve(x, gradient=method, data=self.data).grad_params[0]
+        finally:
+            self.solver, self.dt = saved
+
+    def gradient_error(self, x, method):
+        """Expected |g_method − exact gradient of the discretised objective| per parameter
+        (absolute), None for the exact methods (discrete, forward).
+
+        For "adjoint": the continuous adjoint approximates the ODE's exact gradient g_c,
+        the objective's exact gradient g_d differs from g_c by its own discretisation
+        error, so |g_a − g_d| ≤ |g_a − g_c| + |g_d − g_c|. Each term is estimated by step
+        halving of that method itself (Richardson): e(h) ≈ |g(h) − g(h/2)|·2^p/(2^p − 1)
+        with p = min(4, solver order) (the adjoint integrates by RK4 on states of the
+        forward solver's accuracy). The estimate never uses g_a − g_d, so an adjoint that
+        is wrong by more than its discretisation error still fails the check. Returned:
+        2·(e_a + e_d) (a factor 2 for the asymptotic estimate). Cost: four gradients."""
+        if method != "adjoint":
+            return None
+        x = self._as_x(x)
+        p = min(4, self.solver.order)
+        rich = 2.0 ** p / (2.0 ** p - 1.0)
+        est = np.zeros(len(x))
+        for m in ("adjoint", "discrete"):
+            g1 = self._solve(x, gradient=m, data=self.data).grad_params[0]
+            g2 = self._with_resolution(x, m, 2)
+            est += rich * np.abs(g1 - g2)
+        return 2.0 * est
+
+    def warnings(self, x=None, method=None):
+        """Words of caution about the gradient at ``x`` (list of str, empty when none):
+        a relative sensitivity |∂L/∂p_k|·max(|p_k|, 1)/max(L, tiny) above
+        EXPLODING_SENSITIVITY = 1e8 means a relative change of 1e-8 in p_k changes the
+        objective by its own size: the gradient describes the objective only within that
+        distance (typical of chaotic systems over long horizons, e.g. Lorenz far beyond
+        its Lyapunov time), so optimisers and checks will not behave."""
+        x = self._as_x(x)
+        method = method or self.default_method
+        last = getattr(self, "_last", None)
+        if last is not None and last[1] == method and np.array_equal(last[0], x):
+            f, g = last[2], last[3]
+        else:
+            f, g = self.value_and_grad(x, method)
+        rel = np.abs(g) * np.maximum(np.abs(x), 1.0) / max(abs(f), 1e-300)
+        out = []
+        bad = [i for i in range(len(x)) if not rel[i] <= EXPLODING_SENSITIVITY]
+        if bad:
+            worst = max(bad, key=lambda i: rel[i])
+            t0, t1 = self.t_span
+            out.append(
+                f"the gradient is enormous: d objective/d {self.params.names[worst]} = "
+                f"{g[worst]:.3g} at objective {f:.3g} (relative sensitivity {rel[worst]:.2g} > "
+                f"{EXPLODING_SENSITIVITY:.0e} for {', '.join(self.params.names[i] for i in bad)}); "
+                f"over [{t0:g}, {t1:g}] the {self.ode.name} trajectory depends on the parameters "
+                "so strongly (chaotic or unstable horizon) that the gradient holds only for "
+                "changes far below 1e-8 relative: shorten solve.t1 or fit on shorter windows")
+        return out
 
     def use_data(self, path):
         """Replace the observations by a CSV file (header t,<state names>); its times
@@ -260,7 +328,7 @@ class ODEProblem(Problem):
             Jm = self.residual_jacobian(x)[mask.ravel()]
             pred, exact = _convergence(Jm, rvec, self.data[mask])
             if not math.isfinite(loss):
-                status, message = "diverged", f"the objective is {loss} at the returned point"
+                status, message = "diverged", f"diverged: the objective is {loss} at the returned point"
             elif exact or pred <= GN_RTOL * loss:
                 status = "converged"
                 message = ("converged: " + (f"exact fit, RMS residual ≤ {EXACT_RTOL:g}·max|data|"
@@ -312,6 +380,85 @@ class ODEProblem(Problem):
                                str(self._plot_adjoint(trace, pathlib.Path(out)))]
         return report
 
+    # -- human-readable output ------------------------------------------------------
+    def summary(self, x=None) -> dict:
+        """Facts about a solve at ``x``: objective, params, solver, steps, state at t1 and
+        the states at the observation times."""
+        x = self._as_x(x)
+        sol = self._solve(x, data=self.data)
+        return {"scene": self.name, "system": self.ode.name, "objective": sol.loss,
+                "params": self.params.as_dict(x), "solver": repr(self.solver),
+                "t_span": list(self.t_span), "steps": sol.steps,
+                "final_state": dict(zip(self.ode.state_names, sol.y_final[0].tolist())),
+                "times": self.ts, "states": self.ode.state_names, "trajectory": sol.ys[0]}
+
+    def summary_text(self, s) -> str:
+        w = max(len(k) for k in [*s["params"], *s["final_state"]])
+        lines = [f"{s['scene']}: {s['system']} over t ∈ [{s['t_span'][0]:g}, {s['t_span'][1]:g}], "
+                 f"{s['solver']}, {s['steps']} steps",
+                 f"objective (Σ squared residuals at {len(s['times'])} observation times) = "
+                 f"{s['objective']:.10g}", "parameters:"]
+        lines += [f"  {k:<{w}} = {v:.10g}" for k, v in s["params"].items()]
+        lines.append(f"state at t = {s['t_span'][1]:g}:")
+        lines += [f"  {k:<{w}} = {v:.10g}" for k, v in s["final_state"].items()]
+        return "\n".join(lines)
+
+    def plot_run(self, out) -> list:
+        """trajectory.png: every state at the observation times (line) with the
+        observations as dots."""
+        return [self._plot_fit(self.params.vector, pathlib.Path(out), name="trajectory.png",
+                               title=f"{self.name}: trajectory at the current parameters")]
+
+    def report_text(self, r) -> str:
+        """Short text for a fit/optimize report or a sensitivity report."""
+        if "sensitivity_matrix" in r:
+            return self._sensitivity_text(r)
+        names = list(r["std_errors"])
+        w = max(len(n) for n in r["params"])
+        lines = [f"{r['scene']}: fit to {r.get('data', '')} with {r['optimizer']}",
+                 f"status: {r['message']}",
+                 f"loss = {r['loss']:.6g} after {r['iterations']} evaluations", "parameters:"]
+        for n, v in r["params"].items():
+            se = r["std_errors"].get(n)
+            tail = ("  (fixed)" if n not in names else
+                    f"  ± {se:.3g} (std. error)" if se is not None and math.isfinite(se) else
+                    "  ± n/a")
+            lines.append(f"  {n:<{w}} = {v:.10g}{tail}")
+        C = np.array(r["correlation"]["matrix"], dtype=float)
+        if len(names) > 1 and np.all(np.isfinite(C)):
+            pairs = sorted(((abs(C[i, j]), i, j) for i in range(len(names))
+                            for j in range(i + 1, len(names))), reverse=True)
+            lines.append("strongest correlations: " + ", ".join(
+                f"{names[i]}–{names[j]} {C[i, j]:+.3f}" for _, i, j in pairs[:3]))
+        lines += [f"warning: {m}" for m in r.get("warnings", [])]
+        if r.get("plots"):
+            lines.append("plots: " + ", ".join(r["plots"]))
+        return "\n".join(lines)
+
+    def _sensitivity_text(self, r) -> str:
+        names = list(r["gradient"])
+        w = max(len(n) for n in names)
+        x = self.params.vector
+        lines = [f"{r['scene']}: objective = {r['objective']:.10g} (gradient by {r['method']})",
+                 "gradient:"]
+        lines += [f"  d objective / d {n:<{w}} = {g: .6g}   (at {x[i]:.6g})"
+                  for i, (n, g) in enumerate(r["gradient"].items())]
+        S = np.asarray(r["sensitivity_matrix"])
+        ts = np.asarray(r["times"])
+        # relative sensitivities: the change of a state per relative change of a parameter
+        rel = np.abs(S) * np.maximum(np.abs(x), 1e-300)[None, None, :]
+        peak = rel.max(axis=0)                          # (n, m)
+        when = ts[rel.argmax(axis=0)]
+        order = np.dstack(np.unravel_index(np.argsort(-peak, axis=None), peak.shape))[0]
+        lines.append("largest state sensitivities max_t |p·dy/dp| (forward sensitivities):")
+        for i, k in order[:5]:
+            lines.append(f"  {r['states'][i]} to {names[k]:<{w}}: {peak[i, k]:.4g} at t = {when[i, k]:g}")
+        lines.append(f"the full matrix dy_i(t_j)/dp_k ({S.shape[0]} times × {S.shape[1]} states × "
+                     f"{S.shape[2]} parameters) is in the --json output")
+        if r.get("plots"):
+            lines.append("plots: " + ", ".join(r["plots"]))
+        return "\n".join(lines)
+
     def _plot_adjoint(self, trace, out):
         plt = _pyplot()
         ts = np.concatenate([t for t, _ in reversed(trace)])
@@ -320,32 +467,48 @@ class ODEProblem(Problem):
         for i, sn in enumerate(self.ode.state_names):
             ax.plot(ts, lam[:, i], label=f"λ_{sn} = dL/d{sn}(t)")
         ax.set_xlabel("t")
-        ax.set_title(f"adjoint state ({self.adjoint.kind}); jumps at observations", fontsize=9)
+        ax.set_ylabel("adjoint λ(t) = dL/dy(t)")
+        ax.set_title(f"{self.name}: adjoint state ({self.adjoint.kind}); jumps at observations",
+                     fontsize=9)
         ax.legend(fontsize=7)
         return plot.save(fig, out, "adjoint.png")
 
-    def _plot_fit(self, x, out):
+    def _plot_fit(self, x, out, name="fit.png", title=None):
         plt = _pyplot()
         ys = self._solve(x).ys[0]
         fig, ax = plt.subplots(figsize=(6, 3.5))
+        synthetic = getattr(self, "data_source", None) is None
         for i, n in enumerate(self.ode.state_names):
-            ax.plot(self.ts, ys[:, i], label=f"{n} (fit)")
-            ax.plot(self.ts, self.data[:, i], ".", ms=3, label=f"{n} (data)")
+            line, = ax.plot(self.ts, ys[:, i], label=f"{n} (model)")
+            ax.plot(self.ts, self.data[:, i], ".", ms=3, color=line.get_color(),
+                    label=f"{n} ({'synthetic data' if synthetic else 'data'})")
         ax.set_xlabel("t")
+        ax.set_ylabel("state")
+        if title is None:
+            vals = ", ".join(f"{k}={v:.4g}" for k, v in self.params.as_dict(x, only_free=True).items())
+            title = f"{self.name}: fitted model ({vals}) and observations"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-        return plot.save(fig, out, "fit.png")
+        return plot.save(fig, out, name)
 
     def _plot_sens(self, S, out):
         plt = _pyplot()
-        fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False)
+        fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False,
+                                sharex=True)
         for i, sn in enumerate(self.ode.state_names):
             for k, pn in enumerate(self.ode.param_names):
                 axs[i, 0].plot(self.ts, S[:, i, k], label=f"d{sn}/d{pn}")
+            axs[i, 0].set_ylabel(f"d{sn}/dp")
             axs[i, 0].legend(fontsize=7)
+        axs[0, 0].set_title(f"{self.name}: sensitivities of the states to the parameters "
+                            "(forward)", fontsize=9)
         axs[-1, 0].set_xlabel("t")
         return plot.save(fig, out, "sensitivity.png")
 
 
+#: ODEProblem.warnings: relative sensitivity |∂L/∂p|·max(|p|, 1)/L above which the
+#: gradient is flagged as exploding
+EXPLODING_SENSITIVITY = 1e8
 #: fit: converged when the Gauss–Newton step predicts a decrease ≤ GN_RTOL·objective
 GN_RTOL = 1e-8
 #: fit: converged as an exact fit when RMS residual ≤ EXACT_RTOL·max |data|
