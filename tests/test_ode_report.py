@@ -87,3 +87,15 @@ def test_no_global_warnings_filter_and_backend_untouched(tmp_path):
     r = subprocess.run([sys.executable, "-c", SIDE_EFFECTS.format(out=tmp_path)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_check_adjoint_passes_at_default_tolerance(capsys):
+    import inspect
+    from diffsim import gradcheck
+    if "gradient_error" not in inspect.getsource(gradcheck):
+        import pytest
+        pytest.skip("needs the shared gradcheck that honours Problem.gradient_error")
+    for over in ([], ["--set", 'solve.solver="dopri5"']):
+        assert main(["check", "lotka_volterra", "--method", "adjoint", "--json",
+                     "--set", "solve.t1=4.0", "--set", "observe.count=41", *over]) == 0
+        capsys.readouterr()
