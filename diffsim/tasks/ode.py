@@ -321,14 +321,18 @@ class ODEProblem(Problem):
         warns = []
         k = len(names)
         se, corr = np.full(k, np.nan), np.full((k, k), np.nan)
+        if not interrupted:
+            try:
+                rvec = (self._solve(x).ys[0] - np.nan_to_num(self.data))[mask]
+                Jm = self.residual_jacobian(x)[mask.ravel()]
+            except KeyboardInterrupt:      # Ctrl-C while judging the result: keep the point
+                interrupted = True
         if interrupted:
             status = "interrupted"
             message = ("interrupted (Ctrl-C) after {its} evaluations: the best point so far is "
                        "returned; convergence and standard errors were not evaluated").format(its=its)
         else:
-            rvec = (self._solve(x).ys[0] - np.nan_to_num(self.data))[mask]
             loss = float(rvec @ rvec)
-            Jm = self.residual_jacobian(x)[mask.ravel()]
             pred, exact = _convergence(Jm, rvec, self.data[mask])
             if not math.isfinite(loss):
                 status, message = "diverged", f"diverged: the objective is {loss} at the returned point"
