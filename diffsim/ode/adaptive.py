@@ -40,7 +40,6 @@ through numpy ndarray arguments, so neither the number of save times nor max_ste
 causes a recompilation.
 """
 import math
-import warnings
 
 import numpy as np
 import taichi as ti
@@ -48,10 +47,7 @@ from taichi.lang import impl as _impl
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
-from .solvers import _at, _comb
-
-# trace-time helpers build expressions on purpose; Taichi warns about them
-warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+from .solvers import _at, _comb, quiet_trace
 
 #: status codes written by the kernel
 _OK, _MAX_STEPS, _UNDERFLOW, _NONFINITE = 0, 1, 2, 3
@@ -67,8 +63,10 @@ def adaptive_grid(ode, solver, t0, t1, y0, params, saveat):
     sizes, step start times, the save index reached at the end of each step (-1: none),
     the index of a save time equal to t0 (-1: none) and the save times.
     """
-    return AdaptiveStepper.get(ode, solver, _batch(y0, params)).grid(
-        solver, t0, t1, y0, params, saveat)
+    ode.check()
+    with quiet_trace():
+        return AdaptiveStepper.get(ode, solver, _batch(y0, params)).grid(
+            solver, t0, t1, y0, params, saveat)
 
 
 def _batch(y0, params):

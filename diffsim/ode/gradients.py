@@ -174,17 +174,14 @@ class Grid:
     record(i0, cnt, ystart) -> (cnt + 1, B, n) states; checkpoints (K + 1, B, n) at the
     segment starts ``segs`` (list of (i0, cnt)); y_init (B, n) the initial states."""
 
-    def __init__(self, ode, solver, jac, h, t, obs, obs0, data, weights, params, y0,
+    def __init__(self, ode, solver, jac, steps, data, weights, params, y0,
                  record, segs, checkpoints, backsolve=None):
-        self.ode, self.solver, self.jac = ode, solver, jac
-        self.h, self.t, self.obs, self.obs0 = h, t, obs, obs0
+        self.ode, self.solver, self.jac, self.steps = ode, solver, jac, steps
+        # lazily generated step sequences (diffsim.ode.steps): index them by segment
+        self.h, self.t, self.obs, self.obs0 = steps.h, steps.t, steps.obs, steps.obs0
         self.D, self.W, self.params, self.y0 = data, weights, params, y0
         self.record, self.segs, self.cps, self.backsolve = record, segs, checkpoints, backsolve
-        N = len(h)
-        # trapezoid weights of the running cost at each grid state: ½(h_{k-1} + h_k)
-        hp = np.concatenate([[0.0], h, [0.0]])
-        self.wq = 0.5 * (hp[:-1] + hp[1:])
-        self.N = N
+        self.N = steps.N
 
     def state_sources(self, i0, tape, with_running=True):
         """dL/dy at tape states i0 .. i0 + L (observations and running cost, not φ):
@@ -200,9 +197,9 @@ class Grid:
             src[hit] = 2 * np.transpose(self.W[:, jj], (1, 0, 2)) * (tape[hit] - np.transpose(self.D[:, jj], (1, 0, 2)))
         srcp = np.zeros((tape.shape[1], self.ode.m))
         if with_running and self.ode.running is not None:
-            tt = np.concatenate([self.t, [self.t[-1] + self.h[-1]]])[gidx]
+            tt = self.steps.state_times(gidx)
             _, gy, gp = self.jac("running", tape, tt, 0.0, self.params)
-            w = self.wq[gidx][:, None, None]
+            w = self.steps.trapezoid(gidx)[:, None, None]
             src += w * gy[:, :, 0, :]
             # a segment's first state is the previous segment's last: count it once
             srcp = (w * gp[:, :, 0, :])[0 if i0 == 0 else 1:].sum(axis=0)
@@ -220,7 +217,7 @@ class Grid:
         B, n, m = yN.shape[0], self.ode.n, self.ode.m
         if self.ode.final is None:
             return np.zeros(B), np.zeros((B, n)), np.zeros((B, m))
-        v, jy, jp = self.jac("final", yN[None], self.t[-1] + self.h[-1], 0.0, self.params)
+        v, jy, jp = self.jac("final", yN[None], self.steps.t_end, 0.0, self.params)
         return v[0, :, 0], jy[0, :, 0], jp[0, :, 0]
 
     # -- per-step matrices -------------------------------------------------------------
@@ -397,5 +394,5 @@ def _lambda_path(grid, i0, R, r, src, lam_end):
         lam = np.einsum("bij,bj->bi", R[i], lam) + r[i]
         path[i] = lam
         lam = lam + src[i]
-    ts = np.concatenate([grid.t[i0:i0 + L], [grid.t[i0 + L - 1] + grid.h[i0 + L - 1]]])
+    ts = grid.steps.state_times(np.arange(i0, i0 + L + 1))
     return ts, path

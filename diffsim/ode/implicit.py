@@ -31,6 +31,7 @@ import taichi as ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
+from .solvers import quiet_trace
 
 #: batch size from which the batch loop runs in parallel (below it: serialized)
 PARALLEL_MIN_BATCH = 64
@@ -394,8 +395,10 @@ def implicit_tape(ode, solver, h, t, y0, params) -> np.ndarray:
         return y0[None].copy()
     if runtime.current().precision == "f32":
         tol = max(tol, 8 * float(np.finfo(np.float32).eps))
-    runner = _tape_runner(ode, B, N)
-    tape, status = runner.run(h, t, y0, params, tol, int(max_newton))
+    ode.check()
+    with quiet_trace():
+        runner = _tape_runner(ode, B, N)
+        tape, status = runner.run(h, t, y0, params, tol, int(max_newton))
     if status is not None:
         bad = np.nonzero(status[:, 0] != OK)[0]
         # the failure earliest in time (lowest step, then lowest member)

@@ -22,7 +22,6 @@ kernel with ``ndarray`` arguments each, and the step grid and data are re-upload
 when they change.
 """
 import math
-import warnings
 
 import numpy as np
 import taichi as ti
@@ -31,8 +30,11 @@ from .. import runtime
 from ..errors import DiffsimError
 
 
-# trace-time helpers (pack, sum) build expressions on purpose; Taichi warns about them
-warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+#: steps of the grid held in the H/T/OBS fields at once; longer grids are uploaded one
+#: window at a time as the segments reach them (20 B per step: 1.3 MB)
+WINDOW = 1 << 16
+#: longest tape a tape method records in one call (solve.TAPE_STEPS)
+TAPE_MAX = 4096
 
 #: batch size from which the batch loop runs in parallel (below it, dispatch costs more
 #: than it gains; measured on CPU)
@@ -57,9 +59,11 @@ class Integration(runtime.RuntimeBound):
         self.L = ti.field(real, (), **kw)
         self.LB = ti.field(real, B, **kw)
         self.YS = ti.field(real, (B, J, n), **kw)
-        self.H = ti.field(real, self.N)
-        self.T = ti.field(real, self.N)
-        self.OBS = ti.field(ti.i32, self.N)
+        # the step grid is held one window of W steps at a time (memory bounded in N)
+        self.W_steps = min(self.N, max(WINDOW, self.max_fused, TAPE_MAX))
+        self.H = ti.field(real, self.W_steps)
+        self.T = ti.field(real, self.W_steps)
+        self.OBS = ti.field(ti.i32, self.W_steps)
         self.D = ti.field(real, (B, J, n))
         self.W = ti.field(real, (B, J, n))
         self.segs = []
@@ -273,25 +277,36 @@ class Integration(runtime.RuntimeBound):
         self._backsolve = backsolve
 
     # -- inputs ------------------------------------------------------------------------
-    def set_grid(self, h, t, obs, obs0=-1):
-        """Step sizes h (N,), start times t (N,), save index after each step obs (N,)."""
+    def set_grid(self, steps):
+        """The step grid (a :class:`~diffsim.ode.steps.StepGrid` of N ≤ capacity steps);
+        uploaded to the fields one window at a time by :meth:`_window`."""
         self._check_runtime()
-        N = len(h)
+        N = steps.N
         if N > self.N:
             raise DiffsimError(f"internal: {N} steps exceed this integration's capacity {self.N}")
-        key = (N, int(obs0))
-        if getattr(self, "_grid", None) is None or self._grid[0] != key or not (
-                np.array_equal(self._grid[1], h) and np.array_equal(self._grid[2], t)
-                and np.array_equal(self._grid[3], obs)):
-            pad = self.N - N
-            self.H.from_numpy(np.concatenate([h, np.zeros(pad)]).astype(self.np_real))
-            self.T.from_numpy(np.concatenate([t, np.zeros(pad)]).astype(self.np_real))
-            self.OBS.from_numpy(np.concatenate([obs, -np.ones(pad)]).astype(np.int32))
-            self._grid = (key, np.array(h), np.array(t), np.array(obs))
-        self.h, self.t, self.obs = self._grid[1], self._grid[2], self._grid[3]
-        self.n_steps, self.obs0 = N, int(obs0)
+        if getattr(self, "steps", None) is None or self.steps.key != steps.key:
+            self.steps = steps
+            self._win = None
+        self.n_steps, self.obs0 = N, int(steps.obs0)
         self.segs = runtime.segments(N, self.max_fused)
-        self.t0 = float(t[0]) if N else 0.0
+        self.t0 = float(steps.t0)
+
+    def _window(self, i0, cnt, backward=False):
+        """Make steps i0 .. i0 + cnt - 1 resident in H/T/OBS; returns i0's field index.
+        A new window starts at i0 going forward and ends at i0 + cnt going backward."""
+        W, N = self.W_steps, self.n_steps
+        win = self._win
+        if win is None or not (win <= i0 and i0 + cnt <= win + W):
+            ws = max(0, i0 + cnt - W) if backward else i0
+            ws = max(0, min(ws, N - W))
+            L = min(W, N - ws)
+            pad = W - L
+            sl = slice(ws, ws + L)
+            self.H.from_numpy(np.concatenate([self.steps.h[sl], np.zeros(pad)]).astype(self.np_real))
+            self.T.from_numpy(np.concatenate([self.steps.t[sl], np.zeros(pad)]).astype(self.np_real))
+            self.OBS.from_numpy(np.concatenate([self.steps.obs[sl], -np.ones(pad)]).astype(np.int32))
+            self._win = win = ws
+        return i0 - win
 
     def set_data(self, data, weights):
         self._check_runtime()
@@ -318,7 +333,7 @@ class Integration(runtime.RuntimeBound):
         self._load(self.params, self.y0)
         self._launch(self.obs0, self.t0)
         for k, (t0, cnt) in enumerate(self.segs):
-            self._segment(k, t0, cnt)
+            self._segment(k, self._window(t0, cnt), cnt)
         self._finish(len(self.segs))
         r = self.np_real
         self.lb, self.ys = np.zeros(self.B, r), np.zeros((self.B, self.J, self.ode.n), r)
@@ -333,7 +348,7 @@ class Integration(runtime.RuntimeBound):
         self._finish.grad(len(self.segs))
         for k in reversed(range(len(self.segs))):
             t0, cnt = self.segs[k]
-            self._segment.grad(k, t0, cnt)
+            self._segment.grad(k, self._window(t0, cnt, backward=True), cnt)
         self._launch.grad(self.obs0, self.t0)
         gp = np.zeros((self.B, self.ode.m), self.np_real)
         gy = np.zeros((self.B, self.ode.n), self.np_real)
@@ -343,7 +358,8 @@ class Integration(runtime.RuntimeBound):
     def record(self, i0, cnt, ystart) -> np.ndarray:
         """Every state of steps i0 .. i0 + cnt from ystart (B, n): (cnt + 1, B, n)."""
         tape = np.zeros((cnt + 1, self.B, self.ode.n), self.np_real)
-        self._record(int(i0), int(cnt), np.ascontiguousarray(ystart, dtype=self.np_real), tape)
+        off = self._window(int(i0), int(cnt))
+        self._record(off, int(cnt), np.ascontiguousarray(ystart, dtype=self.np_real), tape)
         return tape.astype(np.float64)
 
     def backsolve(self, i0, cnt, yend):
@@ -351,7 +367,8 @@ class Integration(runtime.RuntimeBound):
         (cnt, 4, B, n) and states (cnt + 1, B, n) (tape[cnt] = yend)."""
         r, B, n = self.np_real, self.B, self.ode.n
         stages, tape = np.zeros((cnt, 4, B, n), r), np.zeros((cnt + 1, B, n), r)
-        self._backsolve(int(i0), int(cnt), np.ascontiguousarray(yend, dtype=r), stages, tape)
+        off = self._window(int(i0), int(cnt), backward=True)
+        self._backsolve(off, int(cnt), np.ascontiguousarray(yend, dtype=r), stages, tape)
         return stages.astype(np.float64), tape.astype(np.float64)
 
     def member_losses(self) -> np.ndarray:

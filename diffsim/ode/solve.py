@@ -20,7 +20,8 @@ import numpy as np
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from .gradients import Adjoint, Grid, continuous_adjoint, discrete_adjoint, forward_sensitivities, jacobians
-from .solvers import RK4, Solver
+from .solvers import RK4, Solver, quiet_trace
+from .steps import StepGrid
 
 METHODS = ("discrete", "adjoint", "forward", "fd")
 
@@ -55,35 +56,65 @@ def _as_batch(a, width, what, B=None):
     return a
 
 
-def fixed_grid(t0, t1, dt, saveat):
-    """Uniform steps from t0 to t1 (dt rounded so that N·dt = t1 - t0); returns
-    (h (N,), t (N,), obs (N,), obs0, ts). Save times must lie on the grid."""
+def fixed_grid(t0, t1, dt, saveat) -> StepGrid:
+    """Uniform steps from t0 to t1 (dt rounded so that N·dt = t1 - t0) as a
+    :class:`StepGrid` generated on demand (no per-step arrays). Save times must lie on
+    the grid."""
     if not (dt is not None and math.isfinite(dt) and dt > 0):
         raise DiffsimError(f"dt must be a positive number of time units for a fixed-step "
                            f"solver, got dt={dt!r}")
-    N = max(1, int(round((t1 - t0) / dt)))
+    n = (t1 - t0) / dt
+    if not n <= MAX_STEPS:
+        raise DiffsimError(f"(t1 - t0)/dt = ({t1:g} - {t0:g})/{dt:g} = {n:.3g} steps is more "
+                           f"than the {MAX_STEPS:.0e} a fixed-step solve may take; raise dt or "
+                           "shorten [t0, t1]")
+    N = max(1, int(round(n)))
     if abs(N * dt - (t1 - t0)) > 1e-6 * max(abs(t1 - t0), dt):
         raise DiffsimError(f"dt={dt} does not divide the interval [{t0}, {t1}] into whole "
                            f"steps; pick dt = (t1 - t0)/N")
     h = (t1 - t0) / N
     ts = np.array([t1] if saveat is None else saveat, dtype=np.float64)
     idx = (ts - t0) / h
-    ridx = np.round(idx).astype(int)
+    ridx = np.round(idx).astype(np.int64)
     bad = np.nonzero((np.abs(idx - ridx) > 1e-6) | (ridx < 0) | (ridx > N))[0]
     if len(bad):
-        raise DiffsimError(f"save/observation time {ts[bad[0]]} is not on the step grid "
-                           f"t0 + k·dt (dt={h}) inside [{t0}, {t1}]; choose dt dividing the "
-                           f"observation spacing")
+        raise DiffsimError(f"save/observation time {ts[bad[0]]:g} is not on the step grid "
+                           f"t0 + k·dt (dt={h:g}) inside [{t0:g}, {t1:g}] ({len(bad)} of "
+                           f"{len(ts)} times are not); choose dt dividing the observation spacing")
     if np.any(np.diff(ridx) <= 0):
         raise DiffsimError("saveat times must be strictly increasing")
-    obs = -np.ones(N, dtype=np.int32)
-    obs0 = -1
-    for j, r in enumerate(ridx):
-        if r == 0:
-            obs0 = j
-        else:
-            obs[r - 1] = j
-    return np.full(N, h), t0 + h * np.arange(N), obs, obs0, ts
+    at0 = np.nonzero(ridx == 0)[0]
+    obs0 = int(at0[0]) if len(at0) else -1
+    later = np.nonzero(ridx > 0)[0]
+    return StepGrid.uniform(t0, h, N, ridx[later] - 1, later, obs0, ts)
+
+
+#: sub-steps per accepted Dopri5 step on which the continuous adjoint is integrated
+#: (RK4 error per step falls as the 5th power of the step: 4 → 1/1024)
+ADJOINT_REFINE = 4
+
+
+def refine(steps: StepGrid, r: int) -> StepGrid:
+    """The grid with every step split into r equal sub-steps; a save reached at the end
+    of a step is reached at the end of its last sub-step."""
+    h = np.repeat(steps.h[:] / r, r)
+    t = (steps.t[:][:, None] + steps.h[:][:, None] * (np.arange(r)[None, :] / r)).ravel()
+    obs = np.full(steps.N * r, -1, np.int32)
+    obs[r - 1::r] = steps.obs[:]
+    return StepGrid.arrays(h, t, obs, steps.obs0, steps.ts)
+
+
+#: most steps of a fixed-step solve (memory is bounded in N, time is not)
+MAX_STEPS = 1e12
+
+
+def solve_bytes(n_steps, B, n, max_fused=None) -> float:
+    """Bytes a fused explicit solve of ``n_steps`` keeps: the segment-boundary states
+    (value, gradient and dual) plus one window of the step grid; bounded per step by
+    24·B·n/max_fused (float64)."""
+    from .integration import WINDOW
+    K = float(n_steps) / (max_fused or runtime.MAX_FUSED_STEPS) + 1.0     # float: n may be inf
+    return 24.0 * (K + 1) * B * n + 20.0 * min(float(n_steps), WINDOW)
 
 
 def _integration(ode, solver, B, N, J, max_fused):
@@ -117,7 +148,15 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
     memory is O(N / max_fused + max_fused) states. adjoint_trace: a list that receives
     (times, λ (L+1, B, n)) per segment when gradient="adjoint", for plots.
     """
+    with quiet_trace():
+        return _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights,
+                              gradient, adjoint, max_fused, adjoint_trace)
+
+
+def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, gradient,
+                   adjoint, max_fused, adjoint_trace):
     solver = solver or RK4()
+    ode.check()      # sizes and indices of the user functions, before any real kernel
     t0, t1 = (float(v) for v in t_span)
     if not (np.isfinite(t0) and np.isfinite(t1) and t1 > t0):
         raise DiffsimError(f"t_span must be (t0, t1) with t1 > t0, got {t_span!r}")
@@ -141,8 +180,11 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
         raise DiffsimError(f"adjoint must be an Adjoint(kind=...) object, got {adjoint!r}")
     if saveat is not None:
         saveat = np.asarray(saveat, dtype=np.float64).ravel()
-        if not np.all(np.isfinite(saveat)) or np.any(saveat < t0 - 1e-12) or np.any(saveat > t1 + 1e-12):
-            raise DiffsimError(f"saveat times must be finite and inside [{t0}, {t1}], got {saveat.tolist()}")
+        bad = np.nonzero(~np.isfinite(saveat) | (saveat < t0 - 1e-12) | (saveat > t1 + 1e-12))[0]
+        if len(bad):
+            raise DiffsimError(f"saveat times must be finite and inside [{t0:g}, {t1:g}]: "
+                               f"{len(bad)} of {len(saveat)} are not (first: saveat[{bad[0]}] = "
+                               f"{saveat[bad[0]]:g})")
         if np.any(np.diff(saveat) <= 0):
             raise DiffsimError("saveat times must be strictly increasing")
     jac = jacobians(ode, solver, B)
@@ -150,20 +192,38 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
         from .adaptive import adaptive_grid
         y_start = y0 if ode.y0 is None else jac("y0", y0[None], t0, 0.0, params)[0][0]
         h, t, obs, obs0, ts = adaptive_grid(ode, solver, t0, t1, y_start, params, saveat)
+        steps = StepGrid.arrays(h, t, obs, obs0, ts)
     else:
-        h, t, obs, obs0, ts = fixed_grid(t0, t1, dt, saveat)
+        steps = fixed_grid(t0, t1, dt, saveat)
+        # memory is bounded in the number of steps but not constant: refuse before any
+        # field is made (Taichi aborts the process on a failed allocation)
+        runtime.check_memory(solve_bytes(steps.N, B, ode.n, max_fused),
+                             what=f"an ODE solve of {steps.N:.3g} steps over [{t0:g}, {t1:g}]",
+                             key="dt", value=dt)
+    ts = steps.ts
     J = len(ts)
     d, w = _data(data, weights, B, J, ode.n)
     if solver.implicit:
-        run = _ImplicitRun(ode, solver, jac, h, t, obs, obs0, d, w, max_fused)
+        run = _ImplicitRun(ode, solver, jac, steps, d, w, max_fused)
     else:
-        cap = len(h)
+        cap = steps.N
         if solver.adaptive:      # share one compiled integration across step counts
             cap = 1 << max(4, (cap - 1).bit_length())
         it = _integration(ode, solver, B, cap, J, max_fused)
-        it.set_grid(h, t, obs, obs0)
+        it.set_grid(steps)
         it.set_data(d, w)
         run = _ExplicitRun(it, jac, merge=max_fused is None)
+        if solver.adaptive and gradient == "adjoint":
+            # the adjoint's RK4 (with Hermite half-step states) on Dopri5's accepted steps
+            # is far less accurate than the steps were chosen for: integrate it on the
+            # accepted grid with every step split in ADJOINT_REFINE (states recomputed by
+            # the Dopri5 formula on the sub-steps)
+            fine = refine(steps, ADJOINT_REFINE)
+            cap_f = 1 << max(4, (fine.N - 1).bit_length())
+            itf = _integration(ode, solver, B, cap_f, J, max_fused)
+            itf.set_grid(fine)
+            itf.set_data(d, w)
+            run.adjoint_run = _ExplicitRun(itf, jac, merge=max_fused is None)
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
 
 
@@ -191,7 +251,7 @@ class _ExplicitRun:
             # join the fused segments into tapes of up to TAPE_STEPS (fewer launches)
             segs, keep = _merge(segs, TAPE_STEPS)
             cps = cps[keep]
-        return Grid(it.ode, it.solver, self.jac, it.h, it.t, it.obs, it.obs0, it.data.astype(np.float64),
+        return Grid(it.ode, it.solver, self.jac, it.steps, it.data.astype(np.float64),
                     it.weights.astype(np.float64), params, y0, it.record, segs, cps, it.backsolve)
 
 
@@ -216,10 +276,11 @@ class _ImplicitRun:
     """Forward pass of an implicit solver: Newton-solved tapes per segment, the loss
     summed from them in numpy (observations, trapezoid running cost, final cost)."""
 
-    def __init__(self, ode, solver, jac, h, t, obs, obs0, d, w, max_fused):
-        self.ode, self.solver, self.jac = ode, solver, jac
-        self.h, self.t, self.obs, self.obs0, self.d, self.w = h, t, obs, obs0, d, w
-        self.segs = runtime.segments(len(h), max_fused)
+    def __init__(self, ode, solver, jac, steps, d, w, max_fused):
+        self.ode, self.solver, self.jac, self.steps = ode, solver, jac, steps
+        self.h, self.t, self.obs, self.obs0 = steps.h, steps.t, steps.obs, steps.obs0
+        self.d, self.w = d, w
+        self.segs = runtime.segments(steps.N, max_fused)
 
     def _grid(self, params, y0, cps=None):
         from .implicit import implicit_tape
@@ -227,7 +288,7 @@ class _ImplicitRun:
         def record(i0, cnt, ystart):
             return implicit_tape(self.ode, self.solver, self.h[i0:i0 + cnt], self.t[i0:i0 + cnt],
                                  ystart, params)
-        return Grid(self.ode, self.solver, self.jac, self.h, self.t, self.obs, self.obs0, self.d,
+        return Grid(self.ode, self.solver, self.jac, self.steps, self.d,
                     self.w, params, y0, record, self.segs, cps)
 
     def losses(self, params, y0):
@@ -263,13 +324,13 @@ class _ImplicitRun:
             r = tape[idx[hit]] - np.transpose(self.d[:, jj], (1, 0, 2))
             tot += (np.transpose(self.w[:, jj], (1, 0, 2)) * r * r).sum(axis=(0, 2))
         if self.ode.running is not None:
-            tt = np.concatenate([self.t, [self.t[-1] + self.h[-1]]])[gidx]
+            tt = self.steps.state_times(gidx)
             v, _, _ = g.jac("running", tape[idx], tt, 0.0, g.params)
-            tot += (g.wq[gidx][:, None] * v[:, :, 0]).sum(axis=0)
+            tot += (self.steps.trapezoid(gidx)[:, None] * v[:, :, 0]).sum(axis=0)
         return tot
 
     def outputs(self):
-        return self.ys, self.cps, self.segs, len(self.h)
+        return self.ys, self.cps, self.segs, self.steps.N
 
     def grid(self, params, y0):
         return self._grid(params, y0, self.cps)
@@ -292,7 +353,12 @@ def _solve(run, ts, params, y0, gradient, adjoint, trace) -> Solution:
         gp, gy, S = forward_sensitivities(run.grid(params, y0), len(ts))
         sol.grad_params, sol.grad_y0, sol.sensitivities = gp, gy, S
     elif gradient == "adjoint":
-        sol.grad_params, sol.grad_y0 = continuous_adjoint(run.grid(params, y0), adjoint.kind, trace)
+        arun = getattr(run, "adjoint_run", None)
+        if arun is not None:
+            arun.losses(params, y0)        # checkpoints on the refined grid
+            sol.stats["adjoint_steps"] = arun.it.n_steps
+        sol.grad_params, sol.grad_y0 = continuous_adjoint((arun or run).grid(params, y0),
+                                                          adjoint.kind, trace)
         sol.stats["adjoint"] = adjoint.kind
     elif gradient == "fd":
         sol.grad_params, sol.grad_y0 = _fd(run, params, y0)

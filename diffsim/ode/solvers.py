@@ -6,10 +6,23 @@ same step is differentiated by Taichi's reverse mode (method "discrete"), forwar
 (method "forward") and used by the continuous adjoint. ``order`` is the global order of
 accuracy in h.
 """
+import contextlib
+import warnings
+
 import taichi as ti
 from taichi.lang import impl as _impl
 
 from ..errors import DiffsimError
+
+
+@contextlib.contextmanager
+def quiet_trace():
+    """Silence Taichi's "Calling non-taichi function" SyntaxWarning while kernels are
+    traced (compiled on first launch): the trace-time helpers here (_comb, pack, sum)
+    build expressions on purpose. Local to the block: no global warnings filter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+        yield
 
 
 def _comb(n, cs):

@@ -14,7 +14,6 @@ inside ``f``: with Taichi 1.7.4, vector arithmetic inside a fused time loop give
 reverse-mode gradients (measured; see docs/ode.md). diffsim's integrators build every
 stage componentwise for the same reason.
 """
-
 from ..errors import DiffsimError
 
 #: most state components / parameters one ODE may have (each state component is a
@@ -61,3 +60,96 @@ class ODE:
 
     def __repr__(self):
         return f"ODE({self.name!r}, n_state={self.n}, n_params={self.m})"
+
+    def check(self):
+        """Trace the user functions once per Taichi runtime in a tiny probe kernel and
+        refuse, with a DiffsimError naming the function and the sizes, a right-hand side
+        (or y0(p)) that returns other than n_state components, a running/final cost that
+        is not a scalar, or a constant index past the state (y) or parameter (p) vector.
+        Taichi 1.7.4 checks none of these: a short vector or an index past the end reads
+        or writes outside the stored state and crashes the process (segfault), a long one
+        is silently cut. Runs before any real kernel; cost: one small compile (~0.5 s).
+        Indices computed at run time (dynamic loops) cannot be checked here."""
+        from .. import runtime
+        gen = runtime.current().generation
+        if self._cache.get("checked") == gen:
+            return
+        for what, fn, want in (("rhs", self.rhs, (self.n,)), ("y0", self.y0, (self.n,)),
+                               ("running", self.running, ()), ("final", self.final, ())):
+            if fn is not None:
+                _probe(self, what, fn, want)
+        self._cache["checked"] = gen
+
+
+def _fname(fn):
+    f = getattr(fn, "__wrapped__", fn)
+    return getattr(f, "__qualname__", getattr(f, "__name__", repr(fn)))
+
+
+def _probe(ode, what, fn, want):
+    import taichi as ti
+    from taichi.lang import impl
+    from taichi.lang.expr import Expr
+    from .solvers import quiet_trace
+
+    n, m = ode.n, ode.m
+    bad, shapes = [], []
+    orig = impl.subscript
+
+    def subscript(ast_builder, value, *indices, **kw):
+        # record constant indices past the end of a local vector (y, p, or built from them)
+        if isinstance(value, Expr) and value.is_tensor():
+            shape = value.get_shape()
+            idx = list(indices)
+            if len(idx) == 1 and isinstance(idx[0], (tuple, list)):
+                idx = list(idx[0])
+            for d, i in enumerate(idx[:len(shape)]):
+                if isinstance(i, int) and not -shape[d] <= i < shape[d]:
+                    bad.append((i, shape[d]))
+        return orig(ast_builder, value, *indices, **kw)
+
+    def record(v):
+        shapes.append(v.get_shape() if isinstance(v, Expr) and v.is_tensor() else
+                      (() if isinstance(v, (Expr, int, float)) else type(v).__name__))
+
+    @ti.kernel
+    def probe():
+        y = ti.Vector([0.5 + 0.1 * c for c in ti.static(range(n))])
+        p = ti.Vector([1.0 + 0.1 * j for j in ti.static(range(m))])
+        if ti.static(what == "rhs" or what == "running"):
+            record(fn(0.0, y, p))
+        elif ti.static(what == "final"):
+            record(fn(y, p))
+        else:
+            record(fn(p))
+
+    sig = {"rhs": "(t, y, p)", "running": "(t, y, p)", "final": "(y, p)", "y0": "(p)"}[what]
+    name = f"{what} function {_fname(fn)}{sig} of ODE {ode.name!r}"
+    impl.subscript = subscript
+    err = None
+    try:
+        with quiet_trace():
+            probe()
+    except Exception as e:        # a Taichi compile error in the user's function
+        err = e
+    finally:
+        impl.subscript = orig
+    if bad:
+        i, size = bad[0]
+        raise DiffsimError(
+            f"{name} uses index {i} of a vector with {size} components; y has n_state = {n} "
+            f"components (y[0]..y[{n - 1}]) and p has n_params = {m} (p[0]..p[{m - 1}]): "
+            "fix the index or the sizes given to ODE(...)")
+    if err is not None:
+        raise DiffsimError(f"{name} does not compile as a Taichi function: "
+                           f"{type(err).__name__}: {str(err).strip()[:400]}") from None
+    got = shapes[0] if shapes else None
+    if got != want:
+        if want == ():
+            raise DiffsimError(f"{name} must return a scalar, got a value of shape {got}")
+        gotn = (f"{got[0]} components" if isinstance(got, tuple) and len(got) == 1 else
+                "a scalar" if got == () else f"a value of shape {got}")
+        raise DiffsimError(
+            f"{name} returns {gotn} but n_state = {n}: return "
+            f"ti.Vector([...]) with exactly {n} entries, one per state component, or change "
+            "n_state")

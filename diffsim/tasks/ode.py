@@ -12,8 +12,9 @@ import numpy as np
 from ..errors import DiffsimError
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
-from .. import plot
+from .. import plot, runtime
 from ..ode import Adjoint, make_solver, solve
+from ..ode.solve import MAX_STEPS, solve_bytes
 from ..ode.data import read_csv
 from ..ode.systems import SYSTEMS
 
@@ -70,6 +71,17 @@ def check_scene(sc):
     if not s["t1"] > s["t0"]:
         raise sc.error("must be greater than solve.t0", key="solve.t1", value=s["t1"])
     n = (s["t1"] - s["t0"]) / s["dt"]
+    if s["solver"] != "dopri5":
+        # memory is bounded in the step count but grows with it (checkpoints): refuse an
+        # enormous horizon here, before anything is allocated
+        runtime.check_memory(
+            solve_bytes(n, 1, ode.n),
+            what=f"solving {n:.3g} steps of (solve.t1 - solve.t0)/solve.dt = "
+                 f"({s['t1']:g} - {s['t0']:g})/{s['dt']:g}", key="solve.dt", value=s["dt"])
+        if not n <= MAX_STEPS:
+            raise sc.error(f"(solve.t1 - solve.t0)/solve.dt = {n:.3g} steps is more than the "
+                           f"{MAX_STEPS:.0e} a fixed-step solve may take; raise solve.dt or "
+                           "lower solve.t1", key="solve.dt", value=s["dt"])
     if s["solver"] != "dopri5" and abs(n - round(n)) > 1e-6 or (round(n) % (sc["observe"]["count"] - 1)):
         raise sc.error(f"dt must divide [t0, t1] into a multiple of observe.count - 1 = "
                        f"{sc['observe']['count'] - 1} steps", key="solve.dt", value=s["dt"])
@@ -115,14 +127,98 @@ class ODEProblem(Problem):
 
     def _value_and_grad(self, x, method):
         s = self._solve(x, gradient=method, data=self.data)
+        self._last = (np.array(x, dtype=np.float64), method, s.loss, s.grad_params[0].copy())
         return s.loss, s.grad_params[0]
+
+    def _with_resolution(self, x, method, refine):
+        """Gradient by ``method`` with the time steps refined by ``refine`` (2: dt/2 for
+        fixed steps; Dopri5: rtol and atol divided by 2⁵, which halves its steps)."""
+        saved = self.solver, self.dt
+        try:
+            if self.solver.adaptive:
+                f = float(refine) ** 5
+                self.solver = make_solver("dopri5", rtol=self.solver.rtol / f, atol=self.solver.atol / f)
+            else:
+                self.dt = self.dt / refine
+            return self._solve(x, gradient=method, data=self.data).grad_params[0]
+        finally:
+            self.solver, self.dt = saved
+
+    def gradient_error(self, x, method):
+        """Expected |g_method − exact gradient of the discretised objective| per parameter
+        (absolute), None for the exact methods (discrete, forward).
+
+        For "adjoint": the continuous adjoint approximates the ODE's exact gradient g_c,
+        the objective's exact gradient g_d differs from g_c by its own discretisation
+        error, so |g_a − g_d| ≤ |g_a − g_c| + |g_d − g_c|. Each term is estimated by step
+        halving of that method itself (Richardson): e(h) ≈ |g(h) − g(h/2)|·2^p/(2^p − 1)
+        with p = min(4, solver order) (the adjoint integrates by RK4 on states of the
+        forward solver's accuracy; p = 1 for leapfrog and symplectic Euler, first order
+        in velocity-dependent forces). The estimate never uses g_a − g_d, so an adjoint that
+        is wrong by more than its discretisation error still fails the check. Returned:
+        2·(e_a + e_d) (a factor 2 for the asymptotic estimate). Cost: four gradients."""
+        if method != "adjoint":
+            return None
+        x = self._as_x(x)
+        # leapfrog / symplectic Euler are first order in velocity-dependent forces
+        # (damping): assume the lower order, which makes the estimate larger
+        p = 1 if self.solver.name in ("leapfrog", "semi_implicit_euler") else min(4, self.solver.order)
+        rich = 2.0 ** p / (2.0 ** p - 1.0)
+        est = np.zeros(len(x))
+        for m in ("adjoint", "discrete"):
+            g1 = self._solve(x, gradient=m, data=self.data).grad_params[0]
+            g2 = self._with_resolution(x, m, 2)
+            est += rich * np.abs(g1 - g2)
+        return 2.0 * est
+
+    def warnings(self, x=None, method=None):
+        """Words of caution about the gradient at ``x`` (list of str, empty when none):
+        a relative sensitivity |∂L/∂p_k|·max(|p_k|, 1)/max(L, tiny) above
+        EXPLODING_SENSITIVITY = 1e8 means a relative change of 1e-8 in p_k changes the
+        objective by its own size: the gradient describes the objective only within that
+        distance (typical of chaotic systems over long horizons, e.g. Lorenz far beyond
+        its Lyapunov time), so optimisers and checks will not behave."""
+        x = self._as_x(x)
+        method = method or self.default_method
+        last = getattr(self, "_last", None)
+        if last is not None and last[1] == method and np.array_equal(last[0], x):
+            f, g = last[2], last[3]
+        else:
+            f, g = self.value_and_grad(x, method)
+        rel = np.abs(g) * np.maximum(np.abs(x), 1.0) / max(abs(f), 1e-300)
+        out = []
+        bad = [i for i in range(len(x)) if not rel[i] <= EXPLODING_SENSITIVITY]
+        if bad:
+            worst = max(bad, key=lambda i: rel[i])
+            t0, t1 = self.t_span
+            out.append(
+                f"the gradient is enormous: d objective/d {self.params.names[worst]} = "
+                f"{g[worst]:.3g} at objective {f:.3g} (relative sensitivity {rel[worst]:.2g} > "
+                f"{EXPLODING_SENSITIVITY:.0e} for {', '.join(self.params.names[i] for i in bad)}); "
+                f"over [{t0:g}, {t1:g}] the {self.ode.name} trajectory depends on the parameters "
+                "so strongly (chaotic or unstable horizon) that the gradient holds only for "
+                "changes far below 1e-8 relative: shorten solve.t1 or fit on shorter windows")
+        return out
 
     def use_data(self, path):
         """Replace the observations by a CSV file (header t,<state names>); its times
-        must lie on the step grid."""
-        ts, ys = read_csv(path, self.ode.state_names)
-        self.ts, self.data = ts, ys
-        self._objective(self.params.vector)   # validates the times against dt now
+        must lie inside [t0, t1] and, for fixed-step solvers, on the step grid."""
+        ts, ys, lines = read_csv(path, self.ode.state_names, with_lines=True)
+        t0, t1 = self.t_span
+        tol = 1e-12 * max(abs(t0), abs(t1), t1 - t0)
+        out = np.nonzero((ts < t0 - tol) | (ts > t1 + tol))[0]
+        if len(out):
+            raise DiffsimError(
+                f"{path}:{lines[out[0]]}: observation time {ts[out[0]]:g} lies outside the "
+                f"solve span [{t0:g}, {t1:g}] ({len(out)} of {len(ts)} times do, from "
+                f"{ts[out].min():g} to {ts[out].max():g}); set solve.t0/solve.t1 to cover them")
+        old = (self.ts, self.data, getattr(self, "data_source", None))
+        self.ts, self.data, self.data_source = ts, ys, str(path)
+        try:
+            self._objective(self.params.vector)   # validates the times against dt now
+        except DiffsimError as e:
+            self.ts, self.data, self.data_source = old
+            raise DiffsimError(f"{path}: {e}") from None
 
     def sensitivity_matrix(self, x):
         """dy_i(t_j)/dp_k at the observation times by forward sensitivities, (J, n, m)."""
@@ -133,12 +229,50 @@ class ODEProblem(Problem):
         S = self.sensitivity_matrix(x)[:, :, self.params.free]
         return S.reshape(-1, S.shape[-1])
 
+    def _source(self):
+        return getattr(self, "data_source", None) or f"the synthetic observations of scene '{self.name}'"
+
+    def _check_determined(self, x, names):
+        """Refuse data that cannot determine the free parameters: fewer finite residuals
+        than parameters, or a residual Jacobian (forward sensitivities at x) of deficient
+        rank (column-scaled condition number above COND_MAX, or a zero column)."""
+        mask = np.isfinite(self.data)
+        k, nres = len(names), int(mask.sum())
+        src = self._source()
+        if nres < k:
+            raise DiffsimError(
+                f"{src}: {nres} finite observation value(s) cannot determine {k} parameters "
+                f"({', '.join(names)}); give at least {k} observed values (empty cells and NaN "
+                "are unobserved)")
+        J = self.residual_jacobian(x)[mask.ravel()]
+        _, cond, null = _scaled_svd(J)
+        if not cond <= COND_MAX:
+            combo = " and ".join(names[i] for i in np.argsort(-np.abs(null))[:2])
+            raise DiffsimError(
+                f"{src}: the observations cannot determine the parameters ({', '.join(names)}): "
+                f"the residuals' sensitivity matrix is rank-deficient at the starting point "
+                f"(condition number {cond:.3g} > {COND_MAX:.0e}); {combo} change the fit only "
+                "together. Observe more states or times, or fit fewer parameters")
+
     def fit(self, data=None, method=None, iterations=None, out=None, progress=False,
             plots=True, optimizer=None):
         """Fit the optimisable parameters to ``data`` (CSV path) or the scene's synthetic
-        observations. Returns fitted params, final loss, iterations, approximate standard
-        errors sqrt(diag(s²(JᵀJ)⁻¹)) with s² = RSS/(#obs - #free) and J the residual
-        Jacobian at the optimum (central differences)."""
+        observations by least squares (L-BFGS, Adam or Levenberg–Marquardt).
+
+        Returns a report: fitted params, loss (Σ of squared residuals), iterations,
+        status and message, success (= status "converged"), std_errors and correlation.
+
+        status: "converged" when, at the returned point, the Gauss–Newton step predicts a
+        decrease of at most GN_RTOL (1e-8) of the objective (Bates–Watts relative offset
+        ≤ 1e-4: the residual is orthogonal to the model's tangent space), or the fit is
+        exact (RMS residual ≤ EXACT_RTOL = 1e-10 × max |data|); otherwise
+        "max_iterations" (budget used), "interrupted" (Ctrl-C: the best point so far is
+        returned, no standard errors) or "stalled" (the optimiser stopped short of the
+        criterion). Standard errors: sqrt(diag(s²(JᵀJ)⁻¹)), s² = RSS/(#obs − #free), J the
+        residual Jacobian from forward sensitivities at the optimum; NaN with a warning
+        when JᵀJ is singular (scaled condition number of J above COND_MAX) or there are
+        no residual degrees of freedom. Data that cannot determine the parameters is
+        refused with a DiffsimError naming the file."""
         if data is not None:
             self.use_data(data)
         fsec = self.scene["fit"]
@@ -148,10 +282,14 @@ class ODEProblem(Problem):
         if not free.any():
             raise DiffsimError(f"scene '{self.name}' lists no parameter in fit.optimize; "
                                "add e.g. --set 'fit.optimize=[\"alpha\"]'")
+        names = [n for n, f in zip(self.params.names, free) if f]
         x = self.params.vector
+        self._check_determined(x, names)
+        mask = np.isfinite(self.data)
+        interrupted = False
         if optimizer == "lm":
             from scipy.optimize import least_squares
-            mask = np.isfinite(self.data)
+            best = {"f": math.inf, "x": x.copy(), "n": 0}
 
             def full(xf):
                 xx = x.copy()
@@ -159,32 +297,69 @@ class ODEProblem(Problem):
                 return xx
 
             def res(xf):
-                return (self._solve(full(xf)).ys[0] - np.nan_to_num(self.data))[mask]
+                r = (self._solve(full(xf)).ys[0] - np.nan_to_num(self.data))[mask]
+                f = float(r @ r)
+                best["n"] += 1
+                if f < best["f"]:
+                    best["f"], best["x"] = f, full(xf)
+                return r
 
             def jac(xf):     # Gauss–Newton Jacobian from forward sensitivities
                 return self.residual_jacobian(full(xf))[mask.ravel()]
-            r = least_squares(res, x[free], jac=jac, method="lm", max_nfev=iterations)
-            x[free] = r.x
+            try:
+                least_squares(res, x[free], jac=jac, method="lm", max_nfev=iterations)
+            except KeyboardInterrupt:
+                interrupted = True
+            x, its, loss = best["x"], best["n"], best["f"]
             self.set(x)
-            status, its = ("converged" if r.success else "max_iterations"), int(r.nfev)
         else:
             from ..optim import LBFGS, Adam, minimize
             opt = LBFGS() if optimizer == "lbfgs" else Adam(lr=fsec["lr"])
             r = minimize(self, opt, iterations=iterations, method=method, progress=progress)
-            x, status, its = r.x, r.status, r.iterations
-        loss = self._objective(x)
-        Jm = self.residual_jacobian(x)[np.isfinite(self.data).ravel()]
-        dof = max(Jm.shape[0] - Jm.shape[1], 1)
-        try:
-            cov = (loss / dof) * np.linalg.inv(Jm.T @ Jm)
-            se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-        except np.linalg.LinAlgError:
-            se = np.full(Jm.shape[1], np.nan)
-        names = [n for n, f in zip(self.params.names, free) if f]
-        report = {"scene": self.name, "optimizer": optimizer, "params": self.params.as_dict(x),
-                  "std_errors": dict(zip(names, se.tolist())), "loss": loss,
-                  "iterations": its, "status": status, "success": True}
-        if plots and out is not None:
+            x, its, loss = r.x, r.iterations, r.objective
+            interrupted = r.status == "interrupted"
+        warns = []
+        k = len(names)
+        se, corr = np.full(k, np.nan), np.full((k, k), np.nan)
+        if not interrupted:
+            try:
+                rvec = (self._solve(x).ys[0] - np.nan_to_num(self.data))[mask]
+                Jm = self.residual_jacobian(x)[mask.ravel()]
+            except KeyboardInterrupt:      # Ctrl-C while judging the result: keep the point
+                interrupted = True
+        if interrupted:
+            status = "interrupted"
+            message = ("interrupted (Ctrl-C) after {its} evaluations: the best point so far is "
+                       "returned; convergence and standard errors were not evaluated").format(its=its)
+        else:
+            loss = float(rvec @ rvec)
+            pred, exact = _convergence(Jm, rvec, self.data[mask])
+            if not math.isfinite(loss):
+                status, message = "diverged", f"diverged: the objective is {loss} at the returned point"
+            elif exact or pred <= GN_RTOL * loss:
+                status = "converged"
+                message = ("converged: " + (f"exact fit, RMS residual ≤ {EXACT_RTOL:g}·max|data|"
+                                            if exact else
+                           f"the Gauss–Newton step would lower the objective by {pred / loss:.2g} "
+                           f"of its value (≤ {GN_RTOL:g})"))
+            else:
+                status = "max_iterations" if its >= iterations else "stalled"
+                message = (f"{status}: after {its} evaluations the Gauss–Newton step would still "
+                           f"lower the objective by {pred / loss:.2g} of its value (> {GN_RTOL:g}); "
+                           + ("raise --iterations" if status == "max_iterations" else
+                              "the optimiser stopped early: try another optimizer (lm) or start"))
+            se, corr, w = _uncertainty(Jm, loss, names)
+            warns += w
+        report = {"scene": self.name, "data": self._source(), "optimizer": optimizer,
+                  "params": self.params.as_dict(x),
+                  "std_errors": dict(zip(names, se.tolist())),
+                  "correlation": {"names": names, "matrix": corr.tolist()},
+                  "loss": loss, "iterations": its, "status": status,
+                  "success": status == "converged", "message": message,
+                  "criterion": (f"Gauss–Newton predicted decrease ≤ {GN_RTOL:g}·objective, or "
+                                f"RMS residual ≤ {EXACT_RTOL:g}·max|data|"),
+                  "warnings": warns}
+        if plots and out is not None and not interrupted:
             report["plots"] = [str(self._plot_fit(x, pathlib.Path(out)))]
         return report
 
@@ -212,6 +387,85 @@ class ODEProblem(Problem):
                                str(self._plot_adjoint(trace, pathlib.Path(out)))]
         return report
 
+    # -- human-readable output ------------------------------------------------------
+    def summary(self, x=None) -> dict:
+        """Facts about a solve at ``x``: objective, params, solver, steps, state at t1 and
+        the states at the observation times."""
+        x = self._as_x(x)
+        sol = self._solve(x, data=self.data)
+        return {"scene": self.name, "system": self.ode.name, "objective": sol.loss,
+                "params": self.params.as_dict(x), "solver": repr(self.solver),
+                "t_span": list(self.t_span), "steps": sol.steps,
+                "final_state": dict(zip(self.ode.state_names, sol.y_final[0].tolist())),
+                "times": self.ts, "states": self.ode.state_names, "trajectory": sol.ys[0]}
+
+    def summary_text(self, s) -> str:
+        w = max(len(k) for k in [*s["params"], *s["final_state"]])
+        lines = [f"{s['scene']}: {s['system']} over t ∈ [{s['t_span'][0]:g}, {s['t_span'][1]:g}], "
+                 f"{s['solver']}, {s['steps']} steps",
+                 f"objective (Σ squared residuals at {len(s['times'])} observation times) = "
+                 f"{s['objective']:.10g}", "parameters:"]
+        lines += [f"  {k:<{w}} = {v:.10g}" for k, v in s["params"].items()]
+        lines.append(f"state at t = {s['t_span'][1]:g}:")
+        lines += [f"  {k:<{w}} = {v:.10g}" for k, v in s["final_state"].items()]
+        return "\n".join(lines)
+
+    def plot_run(self, out) -> list:
+        """trajectory.png: every state at the observation times (line) with the
+        observations as dots."""
+        return [self._plot_fit(self.params.vector, pathlib.Path(out), name="trajectory.png",
+                               title=f"{self.name}: trajectory at the current parameters")]
+
+    def report_text(self, r) -> str:
+        """Short text for a fit/optimize report or a sensitivity report."""
+        if "sensitivity_matrix" in r:
+            return self._sensitivity_text(r)
+        names = list(r["std_errors"])
+        w = max(len(n) for n in r["params"])
+        lines = [f"{r['scene']}: fit to {r.get('data', '')} with {r['optimizer']}",
+                 f"status: {r['message']}",
+                 f"loss = {r['loss']:.6g} after {r['iterations']} evaluations", "parameters:"]
+        for n, v in r["params"].items():
+            se = r["std_errors"].get(n)
+            tail = ("  (fixed)" if n not in names else
+                    f"  ± {se:.3g} (std. error)" if se is not None and math.isfinite(se) else
+                    "  ± n/a")
+            lines.append(f"  {n:<{w}} = {v:.10g}{tail}")
+        C = np.array(r["correlation"]["matrix"], dtype=float)
+        if len(names) > 1 and np.all(np.isfinite(C)):
+            pairs = sorted(((abs(C[i, j]), i, j) for i in range(len(names))
+                            for j in range(i + 1, len(names))), reverse=True)
+            lines.append("strongest correlations: " + ", ".join(
+                f"{names[i]}–{names[j]} {C[i, j]:+.3f}" for _, i, j in pairs[:3]))
+        lines += [f"warning: {m}" for m in r.get("warnings", [])]
+        if r.get("plots"):
+            lines.append("plots: " + ", ".join(r["plots"]))
+        return "\n".join(lines)
+
+    def _sensitivity_text(self, r) -> str:
+        names = list(r["gradient"])
+        w = max(len(n) for n in names)
+        x = self.params.vector
+        lines = [f"{r['scene']}: objective = {r['objective']:.10g} (gradient by {r['method']})",
+                 "gradient:"]
+        lines += [f"  d objective / d {n:<{w}} = {g: .6g}   (at {x[i]:.6g})"
+                  for i, (n, g) in enumerate(r["gradient"].items())]
+        S = np.asarray(r["sensitivity_matrix"])
+        ts = np.asarray(r["times"])
+        # relative sensitivities: the change of a state per relative change of a parameter
+        rel = np.abs(S) * np.maximum(np.abs(x), 1e-300)[None, None, :]
+        peak = rel.max(axis=0)                          # (n, m)
+        when = ts[rel.argmax(axis=0)]
+        order = np.dstack(np.unravel_index(np.argsort(-peak, axis=None), peak.shape))[0]
+        lines.append("largest state sensitivities max_t |p·dy/dp| (forward sensitivities):")
+        for i, k in order[:5]:
+            lines.append(f"  {r['states'][i]} to {names[k]:<{w}}: {peak[i, k]:.4g} at t = {when[i, k]:g}")
+        lines.append(f"the full matrix dy_i(t_j)/dp_k ({S.shape[0]} times × {S.shape[1]} states × "
+                     f"{S.shape[2]} parameters) is in the --json output")
+        if r.get("plots"):
+            lines.append("plots: " + ", ".join(r["plots"]))
+        return "\n".join(lines)
+
     def _plot_adjoint(self, trace, out):
         plt = _pyplot()
         ts = np.concatenate([t for t, _ in reversed(trace)])
@@ -220,35 +474,104 @@ class ODEProblem(Problem):
         for i, sn in enumerate(self.ode.state_names):
             ax.plot(ts, lam[:, i], label=f"λ_{sn} = dL/d{sn}(t)")
         ax.set_xlabel("t")
-        ax.set_title(f"adjoint state ({self.adjoint.kind}); jumps at observations", fontsize=9)
+        ax.set_ylabel("adjoint λ(t) = dL/dy(t)")
+        ax.set_title(f"{self.name}: adjoint state ({self.adjoint.kind}); jumps at observations",
+                     fontsize=9)
         ax.legend(fontsize=7)
         return plot.save(fig, out, "adjoint.png")
 
-    def _plot_fit(self, x, out):
+    def _plot_fit(self, x, out, name="fit.png", title=None):
         plt = _pyplot()
         ys = self._solve(x).ys[0]
         fig, ax = plt.subplots(figsize=(6, 3.5))
+        synthetic = getattr(self, "data_source", None) is None
         for i, n in enumerate(self.ode.state_names):
-            ax.plot(self.ts, ys[:, i], label=f"{n} (fit)")
-            ax.plot(self.ts, self.data[:, i], ".", ms=3, label=f"{n} (data)")
+            line, = ax.plot(self.ts, ys[:, i], label=f"{n} (model)")
+            ax.plot(self.ts, self.data[:, i], ".", ms=3, color=line.get_color(),
+                    label=f"{n} ({'synthetic data' if synthetic else 'data'})")
         ax.set_xlabel("t")
+        ax.set_ylabel("state")
+        if title is None:
+            vals = ", ".join(f"{k}={v:.4g}" for k, v in self.params.as_dict(x, only_free=True).items())
+            title = f"{self.name}: fitted model ({vals}) and observations"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-        return plot.save(fig, out, "fit.png")
+        return plot.save(fig, out, name)
 
     def _plot_sens(self, S, out):
         plt = _pyplot()
-        fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False)
+        fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False,
+                                sharex=True)
         for i, sn in enumerate(self.ode.state_names):
             for k, pn in enumerate(self.ode.param_names):
                 axs[i, 0].plot(self.ts, S[:, i, k], label=f"d{sn}/d{pn}")
+            axs[i, 0].set_ylabel(f"d{sn}/dp")
             axs[i, 0].legend(fontsize=7)
+        axs[0, 0].set_title(f"{self.name}: sensitivities of the states to the parameters "
+                            "(forward)", fontsize=9)
         axs[-1, 0].set_xlabel("t")
         return plot.save(fig, out, "sensitivity.png")
 
 
+#: ODEProblem.warnings: relative sensitivity |∂L/∂p|·max(|p|, 1)/L above which the
+#: gradient is flagged as exploding
+EXPLODING_SENSITIVITY = 1e8
+#: fit: converged when the Gauss–Newton step predicts a decrease ≤ GN_RTOL·objective
+GN_RTOL = 1e-8
+#: fit: converged as an exact fit when RMS residual ≤ EXACT_RTOL·max |data|
+EXACT_RTOL = 1e-10
+#: largest condition number of the column-scaled residual Jacobian J for which JᵀJ
+#: (condition number squared: 1e14) is inverted; above it the data do not determine
+#: the parameters separately
+COND_MAX = 1e7
+
+
+def _scaled_svd(J):
+    """Singular values of J with unit-norm columns, its condition number (inf when a
+    column is zero or J is rank-deficient) and the right singular vector of the smallest
+    singular value (which combination of parameters is undetermined)."""
+    cn = np.linalg.norm(J, axis=0)
+    if J.shape[0] < J.shape[1] or not np.all(cn > 0) or not np.all(np.isfinite(J)):
+        null = np.where(cn > 0, 0.0, 1.0) if np.any(cn == 0) else np.ones(J.shape[1])
+        return None, math.inf, null
+    _, sv, vt = np.linalg.svd(J / cn, full_matrices=False)
+    cond = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
+    return sv, cond, vt[-1]
+
+
+def _convergence(J, r, data):
+    """(predicted Gauss–Newton decrease ‖P r‖² with P the projector on J's columns,
+    exact-fit flag) at a point with residuals r (R,), Jacobian J (R, k), data (R,)."""
+    q, _ = np.linalg.qr(J / np.maximum(np.linalg.norm(J, axis=0), 1e-300))
+    pr = q.T @ r
+    rms = math.sqrt(float(r @ r) / max(len(r), 1))
+    scale = float(np.max(np.abs(data))) if len(data) else 0.0
+    return float(pr @ pr), rms <= EXACT_RTOL * max(scale, 1e-300)
+
+
+def _uncertainty(J, rss, names):
+    """Standard errors (k,), correlation matrix (k, k) and warnings at the optimum:
+    cov = s²(JᵀJ)⁻¹ with s² = rss/(#residuals − k); NaN where JᵀJ is singular."""
+    k = len(names)
+    nan = (np.full(k, np.nan), np.full((k, k), np.nan))
+    dof = J.shape[0] - k
+    sv, cond, null = _scaled_svd(J)
+    if not cond <= COND_MAX:
+        combo = " and ".join(names[i] for i in np.argsort(-np.abs(null))[:2])
+        return (*nan, [f"JᵀJ is singular at the optimum (scaled condition number of J "
+                       f"{cond:.3g} > {COND_MAX:.0e}): {combo} are not separately determined; "
+                       "standard errors and correlations are NaN"])
+    if dof <= 0:
+        return (*nan, [f"{J.shape[0]} residuals for {k} parameters leave no degrees of freedom "
+                       "to estimate the noise; standard errors are NaN"])
+    cn = np.linalg.norm(J, axis=0)
+    inv = np.linalg.inv((J / cn).T @ (J / cn)) / np.outer(cn, cn)
+    cov = (rss / dof) * inv
+    d = np.sqrt(np.maximum(np.diag(inv), 0.0))
+    return np.sqrt(np.maximum(np.diag(cov), 0.0)), inv / np.outer(d, d), []
+
+
 def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (plots go to --out, no window)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    """matplotlib.pyplot as configured by the caller: the library never switches the
+    backend (the CLI selects Agg)."""
+    return plot._plt()
