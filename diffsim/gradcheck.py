@@ -144,18 +144,11 @@ def gradcheck(problem, x=None, method=None, *, names=None, rtol=None, atol=None,
             dv = v * scale                      # a unit step along v moves x_i by scale_i·v_i
             ests, steps = [], []
             for h in ladder:
-                t = _fit_step(x[idx], dv, h, lo, hi)
-                if t <= 0:
-                    continue
-                xp, xm = x.copy(), x.copy()
-                xp[idx] += t * dv
-                xm[idx] -= t * dv
-                fp = problem._objective(xp)
-                bar(1)
-                fm = problem._objective(xm)
-                bar(1)
-                ests.append((fp - fm) / (2 * t))
-                steps.append(t)
+                d = _difference(problem, x, idx, dv, h, lo, hi, f)
+                bar(2)
+                if d is not None:
+                    ests.append(d)
+                    steps.append(h)
             fd, h_used = _pick(ests, steps, base_h if step == "auto" else None)
             gv = float(np.dot(g[idx], dv))
             allow = 0.0 if err_est is None else float(np.dot(np.abs(err_est[idx]), np.abs(dv)))
@@ -180,15 +173,30 @@ def _base_step(precision):
     return 6e-6 if precision == "f64" else 5e-3
 
 
-def _fit_step(x, dv, h, lo, hi):
-    """Largest t <= h keeping x ± t·dv inside the bounds (0 when impossible)."""
-    t = h
+def _room(x, dv, lo, hi):
+    """Largest t >= 0 with x + t·dv inside [lo, hi]."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        for sgn in (1.0, -1.0):
-            d = sgn * dv
-            room = np.where(d > 0, (hi - x) / d, np.where(d < 0, (lo - x) / d, np.inf))
-            t = min(t, float(np.min(room, initial=np.inf)))
-    return t if np.isfinite(t) and t > 0 else 0.0
+        r = np.where(dv > 0, (hi - x) / dv, np.where(dv < 0, (lo - x) / dv, np.inf))
+    return float(np.min(r, initial=np.inf))
+
+
+def _difference(problem, x, idx, dv, h, lo, hi, f0):
+    """Directional derivative of the objective along dv with step h: central when
+    x ± h·dv stay inside the parameter bounds, else the second-order one-sided formula
+    (−3f(x) + 4f(x+h) − f(x+2h)) / 2h towards the side with room (a parameter on its
+    bound, e.g. a launch height of 0). None when neither fits."""
+    up, down = _room(x[idx], dv, lo, hi), _room(x[idx], -dv, lo, hi)
+
+    def at(t):
+        xx = x.copy()
+        xx[idx] += t * dv
+        return problem._objective(xx)
+    if min(up, down) >= h:
+        return (at(h) - at(-h)) / (2 * h)
+    for sgn, room in ((1.0, up), (-1.0, down)):
+        if room >= 2 * h:
+            return sgn * (-3 * f0 + 4 * at(sgn * h) - at(2 * sgn * h)) / (2 * h)
+    return None
 
 
 def _pick(ests, steps, target):

@@ -69,3 +69,12 @@ def test_float32_check_passes_on_a_right_gradient():
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["ok"] and d["precision"] == "f32" and d["rtol"] >= 1e-3
+
+
+def test_a_parameter_on_its_bound_gets_a_one_sided_difference():
+    pb = Quadratic(2)
+    pb.params.items[0].lower = pb.params.items[0].value     # x0 sits on its lower bound
+    rep = gradcheck(pb)
+    assert rep.ok and np.isfinite(rep.rows[0].fd)
+    pb.wrong = 0
+    assert not gradcheck(pb).ok

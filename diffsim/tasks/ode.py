@@ -255,7 +255,7 @@ class ODEProblem(Problem):
                 "together. Observe more states or times, or fit fewer parameters")
 
     def fit(self, data=None, method=None, iterations=None, out=None, progress=False,
-            plots=True, optimizer=None):
+            plots=True, optimizer=None, checkpoint=None, resume=False):
         """Fit the optimisable parameters to ``data`` (CSV path) or the scene's synthetic
         observations by least squares (L-BFGS, Adam or Levenberg–Marquardt).
 
@@ -272,7 +272,8 @@ class ODEProblem(Problem):
         residual Jacobian from forward sensitivities at the optimum; NaN with a warning
         when JᵀJ is singular (scaled condition number of J above COND_MAX) or there are
         no residual degrees of freedom. Data that cannot determine the parameters is
-        refused with a DiffsimError naming the file."""
+        refused with a DiffsimError naming the file. checkpoint/resume: as in
+        :func:`diffsim.optim.minimize` (L-BFGS and Adam; LM keeps no state to resume)."""
         if data is not None:
             self.use_data(data)
         fsec = self.scene["fit"]
@@ -288,6 +289,9 @@ class ODEProblem(Problem):
         mask = np.isfinite(self.data)
         interrupted = False
         if optimizer == "lm":
+            if resume:
+                raise DiffsimError("--resume works with fit.optimizer = 'lbfgs' or 'adam'; "
+                                   "Levenberg–Marquardt keeps no state: run it again")
             from scipy.optimize import least_squares
             best = {"f": math.inf, "x": x.copy(), "n": 0}
 
@@ -315,7 +319,8 @@ class ODEProblem(Problem):
         else:
             from ..optim import LBFGS, Adam, minimize
             opt = LBFGS() if optimizer == "lbfgs" else Adam(lr=fsec["lr"])
-            r = minimize(self, opt, iterations=iterations, method=method, progress=progress)
+            r = minimize(self, opt, iterations=iterations, method=method, progress=progress,
+                         checkpoint=checkpoint, resume=resume)
             x, its, loss = r.x, r.iterations, r.objective
             interrupted = r.status == "interrupted"
         warns = []
@@ -354,7 +359,7 @@ class ODEProblem(Problem):
                   "params": self.params.as_dict(x),
                   "std_errors": dict(zip(names, se.tolist())),
                   "correlation": {"names": names, "matrix": corr.tolist()},
-                  "loss": loss, "iterations": its, "status": status,
+                  "loss": loss, "objective": loss, "iterations": its, "status": status,
                   "success": status == "converged", "message": message,
                   "criterion": (f"Gauss–Newton predicted decrease ≤ {GN_RTOL:g}·objective, or "
                                 f"RMS residual ≤ {EXACT_RTOL:g}·max|data|"),
@@ -365,9 +370,9 @@ class ODEProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        r = self.fit(None, method, iterations, out, progress, plots, None)
-        r["objective"] = r["loss"]
-        return r
+        from ..problem import checkpoint_path
+        return self.fit(None, method, iterations, out, progress, plots, None,
+                        checkpoint=checkpoint_path(out), resume=resume)
 
     def sensitivity(self, method=None, out=None, plots=True):
         """dL/dp for every parameter (by ``method``), the sensitivity matrix
