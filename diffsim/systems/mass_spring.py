@@ -220,6 +220,16 @@ class MassSpring(runtime.RuntimeBound):
         loss, aux = self.loss, self.aux
         target, shape_t, obs_x, obs_y, scalar = self.target, self.shape_t, self.obs_x, self.obs_y, self.scalar
 
+        # Every kernel below is one loop over the batch with serial inner loops per stage.
+        # Within a body nothing runs concurrently, so every += (spring forces into masses,
+        # layer sums, the objective) and every gradient accumulation of the reverse kernel
+        # happens in one fixed order: a run is bitwise reproducible. Atomic adds from a
+        # flat parallel loop (the former layout) summed in thread order, which changed the
+        # last bits of forces and gradients between identical runs. Locals are assigned once
+        # (no autodiff stack; inner loops may be longer than runtime.AD_STACK_SIZE).
+        serial_batch = B == 1   # one iteration: skip the parallel dispatch (taichi-notes 24)
+        keep_tangent = 0.0 if sticky else 1.0
+
         @ti.kernel
         def start():
             for b, i in ti.ndrange(B, N):
@@ -230,112 +240,124 @@ class MassSpring(runtime.RuntimeBound):
 
         @ti.kernel
         def step(t: ti.i32):
-            # Every loop below is a flat parallel loop (one offloaded task each); Taichi's
-            # reverse kernel runs them backwards. Accumulations go to fields (+=).
+            # One top-level loop per stage (Taichi reverses top-level loops in order; several
+            # inner loops in one body were not: the spring stage's adjoint ran before the
+            # mass stage's and gave zero stiffness gradients). Each stage loops over the
+            # batch only; the elements of a body run serially inside it.
             if ti.static(ctrl == "neural"):
-                for b, i in ti.ndrange(B, N):
-                    cx[b, t] += xs[b, t, i] * inv_n
-                    cy[b, t] += ys[b, t, i] * inv_n
-                for b, k in ti.ndrange(B, I):
-                    val = 0.0
-                    if k < NS:
-                        val = ti.sin(omega * t * dt + two_pi_ns * k)
-                    else:
-                        i = (k - NS) // 4
-                        c = (k - NS) % 4
-                        if c == 0:
-                            val = 0.05 * (xs[b, t, i] - cx[b, t])
-                        elif c == 1:
-                            val = 0.05 * (ys[b, t, i] - cy[b, t])
-                        elif c == 2:
-                            val = 0.05 * vxs[b, t, i]
-                        else:
-                            val = 0.05 * vys[b, t, i]
-                    inp[b, t, k] = val
-                for b, h, k in ti.ndrange(B, H, I):
-                    hpre[b, t, h] += w1[b, h, k] * inp[b, t, k]
-                for b, h in ti.ndrange(B, H):
-                    hid[b, t, h] = ti.tanh(hpre[b, t, h] + b1[b, h])
-                for b, j, h in ti.ndrange(B, A, H):
-                    upre[b, t, j] += w2[b, j, h] * hid[b, t, h]
-                for b, j in ti.ndrange(B, A):
-                    u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for i in range(N):
+                        cx[b, t] += xs[b, t, i] * inv_n
+                        cy[b, t] += ys[b, t, i] * inv_n
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for k in range(NS):
+                        inp[b, t, k] = ti.sin(omega * t * dt + two_pi_ns * k)
+                    for i in range(N):
+                        inp[b, t, NS + 4 * i] = 0.05 * (xs[b, t, i] - cx[b, t])
+                        inp[b, t, NS + 4 * i + 1] = 0.05 * (ys[b, t, i] - cy[b, t])
+                        inp[b, t, NS + 4 * i + 2] = 0.05 * vxs[b, t, i]
+                        inp[b, t, NS + 4 * i + 3] = 0.05 * vys[b, t, i]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for h in range(H):
+                        for k in range(I):
+                            hpre[b, t, h] += w1[b, h, k] * inp[b, t, k]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for h in range(H):
+                        hid[b, t, h] = ti.tanh(hpre[b, t, h] + b1[b, h])
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for j in range(A):
+                        for h in range(H):
+                            upre[b, t, j] += w2[b, j, h] * hid[b, t, h]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for j in range(A):
+                        u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
             elif ti.static(ctrl == "sine"):
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = amp[b, j] * ti.sin(omega * t * dt + phase[b, j])
             elif ti.static(ctrl == "sequence"):
-                piece = ti.min(t * P // T, P - 1)
+                # the piece index is computed inside the loop: a differentiable kernel may
+                # not mix loops with statements outside them
                 for b, j in ti.ndrange(B, A):
-                    u[b, t, j] = seq[b, piece, j]
-            # -- springs -----------------------------------------------------------
-            for b, s in ti.ndrange(B, S):
-                i, j = sa[s], sb[s]
-                dx = xs[b, t, i] - xs[b, t, j]
-                dy = ys[b, t, i] - ys[b, t, j]
-                l = ti.sqrt(dx * dx + dy * dy)
-                nx, ny = dx / l, dy / l
-                rest = L_[b, s] * (1.0 + a_[b, s] * u[b, t, aidx[s]])
-                vrel = (vxs[b, t, i] - vxs[b, t, j]) * nx + (vys[b, t, i] - vys[b, t, j]) * ny
-                F = k_[b, s] * (l - rest) + c_[b, s] * vrel
-                fx[b, t, i] -= F * nx
-                fy[b, t, i] -= F * ny
-                fx[b, t, j] += F * nx
-                fy[b, t, j] += F * ny
-            # -- masses: semi-implicit Euler with in-step ground impact -------------
+                    u[b, t, j] = seq[b, ti.min(t * P // T, P - 1), j]
+            # -- springs: each body's forces summed in spring order ------------------
+            ti.loop_config(serialize=serial_batch)
+            for b in range(B):
+                for s in range(S):
+                    i, j = sa[s], sb[s]
+                    dx = xs[b, t, i] - xs[b, t, j]
+                    dy = ys[b, t, i] - ys[b, t, j]
+                    l = ti.sqrt(dx * dx + dy * dy)
+                    nx, ny = dx / l, dy / l
+                    rest = L_[b, s] * (1.0 + a_[b, s] * u[b, t, aidx[s]])
+                    vrel = (vxs[b, t, i] - vxs[b, t, j]) * nx + (vys[b, t, i] - vys[b, t, j]) * ny
+                    F = k_[b, s] * (l - rest) + c_[b, s] * vrel
+                    fx[b, t, i] -= F * nx
+                    fy[b, t, i] -= F * ny
+                    fx[b, t, j] += F * nx
+                    fy[b, t, j] += F * ny
+            # -- masses: semi-implicit Euler with in-step ground impact --------------
+            # (each element written once: order-free, so parallel over masses too)
             for b, i in ti.ndrange(B, N):
                 px, py = xs[b, t, i], ys[b, t, i]
                 inv_m = 1.0 / m_[b, i]
                 nvx = sdamp * vxs[b, t, i] + dt * fx[b, t, i] * inv_m
                 nvy = sdamp * vys[b, t, i] + dt * (g + fy[b, t, i] * inv_m)
-                ex = px + dt * nvx
-                ey = py + dt * nvy
+                fixed = pin[i] != 0
                 if ti.static(has_ground):
-                    hit = (ey < ground) & (nvy < 0.0)
+                    hit = (py + dt * nvy < ground) & (nvy < 0.0)
                     den = ti.select(hit, nvy, -1.0)
                     toi = ti.select(hit, ti.min(ti.max((ground - py) / den, 0.0), dt), 0.0)
                     rvy = -e * nvy
-                    rvx = 0.0 * nvx
-                    if ti.static(not sticky):
-                        slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
-                        rvx = ti.select(nvx > 0.0, slide, -slide)
-                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, ex)
-                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, ey)
-                    nvx = ti.select(hit, rvx, nvx)
-                    nvy = ti.select(hit, rvy, nvy)
-                fixed = pin[i] != 0
-                xs[b, t + 1, i] = ti.select(fixed, px, ex)
-                ys[b, t + 1, i] = ti.select(fixed, py, ey)
-                vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
-                vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
+                    slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
+                    rvx = ti.select(nvx > 0.0, slide, -slide) * keep_tangent
+                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, px + dt * nvx)
+                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, py + dt * nvy)
+                    xs[b, t + 1, i] = ti.select(fixed, px, ex)
+                    ys[b, t + 1, i] = ti.select(fixed, py, ey)
+                    vxs[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvx, nvx))
+                    vys[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvy, nvy))
+                else:
+                    xs[b, t + 1, i] = ti.select(fixed, px, px + dt * nvx)
+                    ys[b, t + 1, i] = ti.select(fixed, py, py + dt * nvy)
+                    vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
+                    vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
 
         @ti.kernel
         def objective(kind: ti.template()):
-            if ti.static(kind == "distance"):         # -(centre_x(T) - centre_x(0))
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += -(xs[b, T, i] - xs[b, 0, i]) * inv_n
-            elif ti.static(kind == "target"):         # ½ |centre(T) - target|²
-                for b, i in ti.ndrange(B, N):
-                    aux[0][b] += xs[b, T, i] * inv_n
-                    aux[1][b] += ys[b, T, i] * inv_n
-                for b in range(B):
+            # serial over the batch too: the batch sum into loss is then in a fixed order
+            ti.loop_config(serialize=True)
+            for b in range(B):
+                if ti.static(kind == "distance"):         # -(centre_x(T) - centre_x(0))
+                    for i in range(N):
+                        loss[None] += -(xs[b, T, i] - xs[b, 0, i]) * inv_n
+                elif ti.static(kind == "target"):         # ½ |centre(T) - target|²
+                    for i in range(N):
+                        aux[0][b] += xs[b, T, i] * inv_n
+                        aux[1][b] += ys[b, T, i] * inv_n
                     loss[None] += 0.5 * ((aux[0][b] - target[0]) ** 2 + (aux[1][b] - target[1]) ** 2)
-            elif ti.static(kind == "shape"):          # ½ mean_i |x_i(T) - s_i|²
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += 0.5 * inv_n * ((xs[b, T, i] - shape_t[i, 0]) ** 2
-                                                 + (ys[b, T, i] - shape_t[i, 1]) ** 2)
-            elif ti.static(kind == "area"):           # (area(T) - A*)², masses in polygon order
-                for b, i in ti.ndrange(B, N):
-                    j = (i + 1) % N
-                    aux[0][b] += 0.5 * (xs[b, T, i] * ys[b, T, j] - xs[b, T, j] * ys[b, T, i])
-                for b in range(B):
+                elif ti.static(kind == "shape"):          # ½ mean_i |x_i(T) - s_i|²
+                    for i in range(N):
+                        loss[None] += 0.5 * inv_n * ((xs[b, T, i] - shape_t[i, 0]) ** 2
+                                                     + (ys[b, T, i] - shape_t[i, 1]) ** 2)
+                elif ti.static(kind == "area"):           # (area(T) - A*)², masses in polygon order
+                    for i in range(N):
+                        j = (i + 1) % N
+                        aux[0][b] += 0.5 * (xs[b, T, i] * ys[b, T, j] - xs[b, T, j] * ys[b, T, i])
                     loss[None] += (aux[0][b] - scalar[0]) ** 2
-            elif ti.static(kind == "identify"):       # mean_{t,i} |x_i(t) - observed|²
-                for b, t, i in ti.ndrange(B, T + 1, N):
-                    loss[None] += ((xs[b, t, i] - obs_x[t, i]) ** 2
-                                   + (ys[b, t, i] - obs_y[t, i]) ** 2) * (inv_n / (T + 1))
-            else:                                     # "height": mean_i y_i(T)
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += ys[b, T, i] * inv_n
+                elif ti.static(kind == "identify"):       # mean_{t,i} |x_i(t) - observed|²
+                    for t in range(T + 1):
+                        for i in range(N):
+                            loss[None] += ((xs[b, t, i] - obs_x[t, i]) ** 2
+                                           + (ys[b, t, i] - obs_y[t, i]) ** 2) * (inv_n / (T + 1))
+                else:                                     # "height": mean_i y_i(T)
+                    for i in range(N):
+                        loss[None] += ys[b, T, i] * inv_n
 
         zero = [xs, ys, vxs, vys, fx, fy, cx, cy, u, *aux, loss]
         if ctrl == "neural":
