@@ -40,12 +40,45 @@ import taichi as ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
-from .bodies import Body
+from .bodies import Body, check_body, zero_length_springs
 
 CONTROLLERS = ("none", "neural", "sine", "sequence")
 OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
 #: learnable per-body arrays: name -> (shape after the batch axis as a function of sizes)
 BODY_PARAMS = ("stiffness", "damping", "rest", "actuation", "mass", "x0", "y0", "vx0", "vy0")
+
+
+#: Taichi indexes a field with 32-bit integers
+MAX_FIELD_ELEMENTS = 2**31 - 1
+#: parameter groups with one entry per spring (padded to one entry when a body has none)
+SPRING_PARAMS = ("stiffness", "damping", "rest", "actuation")
+
+
+def field_bytes(n_masses, n_springs, n_actuated, *, batch, steps, controller="none", hidden=32,
+                sines=10, pieces=8, real_bytes=8):
+    """Bytes of the Taichi fields a :class:`MassSpring` with these sizes allocates (values and
+    gradients), and the entry count of its largest field; computed without allocating, so
+    a caller can refuse enormous sizes first (runtime.check_memory). Plain Python integers:
+    no overflow for any input."""
+    B, T, N = int(batch), int(steps), int(n_masses)
+    S1, A = max(int(n_springs), 1), max(int(n_actuated), 1)
+    ctrl = controller if n_actuated > 0 else "none"
+    H, NS, P = int(hidden), int(sines), int(pieces)
+    I = NS + 4 * N
+    grad = 4 * B * (T + 1) * N + 2 * B * T * N + 2 * B * T + B * T * A + 3 * B + 1
+    grad += 4 * B * S1 + 5 * B * N
+    largest = B * (T + 1) * N
+    if ctrl == "neural":
+        grad += B * T * (2 * H + A + I) + B * (H * I + H + A * H + A)
+        largest = max(largest, B * T * I, B * T * H, B * H * I)
+    elif ctrl == "sine":
+        grad += 2 * B * A
+    elif ctrl == "sequence":
+        grad += B * P * A
+        largest = max(largest, B * P * A)
+    plain = 2 + 2 * N + 2 * (T + 1) * N + 2
+    ints = 3 * S1 + N
+    return real_bytes * (2 * grad + plain) + 4 * ints, largest
 
 
 class MassSpring(runtime.RuntimeBound):
@@ -71,6 +104,20 @@ class MassSpring(runtime.RuntimeBound):
             raise DiffsimError(f"dt must be a positive number of seconds, got {dt!r}")
         if not (isinstance(batch, (int, np.integer)) and batch >= 1):
             raise DiffsimError(f"batch must be a positive integer, got {batch!r}")
+        for name, v in (("hidden", hidden), ("sines", sines), ("pieces", pieces)):
+            if not (isinstance(v, (int, np.integer)) and v >= (0 if name == "sines" else 1)):
+                raise DiffsimError(f"{name} must be a {'non-negative' if name == 'sines' else 'positive'} "
+                                   f"integer, got {v!r}")
+        check_body(body)
+        nbytes, elems = field_bytes(body.n_masses, body.n_springs, len(body.actuated), batch=batch,
+                                    steps=steps, controller=controller, hidden=hidden, sines=sines,
+                                    pieces=pieces, real_bytes=8 if info.precision == "f64" else 4)
+        what = (f"mass-spring fields ({batch} bodies × {steps} steps × {body.n_masses} masses, "
+                f"{body.n_springs} springs)")
+        if elems > MAX_FIELD_ELEMENTS:
+            raise DiffsimError(f"{what} need a field of {elems:,} entries; Taichi indexes fields with "
+                               f"32-bit integers (at most {MAX_FIELD_ELEMENTS:,}); use fewer steps, bodies or masses")
+        runtime.check_memory(nbytes, what=what)
         self.body = body
         self.B, self.T, self.dt = int(batch), int(steps), float(dt)
         self.N, self.S = body.n_masses, body.n_springs
@@ -126,13 +173,14 @@ class MassSpring(runtime.RuntimeBound):
         self._check_runtime()
         if body.n_masses != self.N or body.n_springs != self.S:
             raise DiffsimError("reset_body needs a body with the same masses and springs")
+        check_body(body)
         pad = lambda a, v=0: np.concatenate([a, np.full(max(1 - len(a), 0), v, dtype=a.dtype)])
         self.sa.from_numpy(pad(body.springs[:, 0].astype(np.int32)))
         self.sb.from_numpy(pad(body.springs[:, 1].astype(np.int32)))
         self.aidx.from_numpy(pad(np.maximum(self.act_idx, 0).astype(np.int32)))
         self.pin.from_numpy(body.pinned.astype(np.int32))
-        self.set(stiffness=pad(body.stiffness), damping=pad(body.damping), rest=pad(body.rest, 1.0),
-                 actuation=pad(np.where(self.act_idx >= 0, body.actuation, 0.0)), mass=body.mass,
+        self.set(stiffness=body.stiffness, damping=body.damping, rest=body.rest,
+                 actuation=np.where(self.act_idx >= 0, body.actuation, 0.0), mass=body.mass,
                  x0=body.x[:, 0], y0=body.x[:, 1], vx0=body.v[:, 0], vy0=body.v[:, 1])
 
     # -- parameters --------------------------------------------------------------------
@@ -141,7 +189,10 @@ class MassSpring(runtime.RuntimeBound):
         return list(self.p)
 
     def shape_of(self, name):
-        """Shape of parameter ``name`` including the batch axis."""
+        """Shape of parameter ``name`` including the batch axis ((B, 0) for a spring
+        group of a body without springs)."""
+        if name in SPRING_PARAMS:
+            return (self.B, self.S)
         return self.p[name].shape
 
     def set(self, **values):
@@ -151,13 +202,19 @@ class MassSpring(runtime.RuntimeBound):
             if name not in self.p:
                 raise DiffsimError(f"unknown mass-spring parameter {name!r}; known: {', '.join(self.p)}")
             fld = self.p[name]
-            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), fld.shape)
+            if name in SPRING_PARAMS and self.S == 0:
+                continue        # no springs: the padding entry stays as it is
+            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), self.shape_of(name))
             fld.from_numpy(np.ascontiguousarray(a))
         self._forward_done = False
 
     def get(self, name) -> np.ndarray:
+        """Parameter ``name`` as float64, shaped :meth:`shape_of`."""
         self._check_runtime()
-        return self.p[name].to_numpy().astype(np.float64)
+        if name not in self.p:
+            raise DiffsimError(f"unknown mass-spring parameter {name!r}; known: {', '.join(self.p)}")
+        a = self.p[name].to_numpy().astype(np.float64)
+        return a[:, :self.S] if name in SPRING_PARAMS else a
 
     def init_controller(self, seed=0, scale=1.0):
         """Seeded random weights: DiffTaichi's scaled normal init for "neural"
@@ -412,10 +469,32 @@ class MassSpring(runtime.RuntimeBound):
         self._forward_done = True
         val = float(self.loss[None])
         if not math.isfinite(val):
-            raise SimulationError(
-                f"the mass-spring simulation produced {val} (it blew up): dt={self.dt} s is "
-                "probably too large for the stiffness/mass; lower sim.dt or the stiffness")
+            raise SimulationError(self._blow_up_message(val))
         return val
+
+    def _blow_up_message(self, val):
+        """Why the objective is not finite: a spring that reached zero length (its
+        direction d/|d| is 0/0), else a step too large for the stiffness and mass."""
+        tr = self.trajectory()
+        for b in range(self.B):
+            ok = np.isfinite(tr[b]).all(axis=(1, 2))
+            t_bad = int(np.argmin(ok)) if not ok.all() else None
+            if t_bad is None:
+                continue
+            for t in range(max(t_bad - 1, 0), -1, -1):
+                if np.isfinite(tr[b, t]).all():
+                    z = zero_length_springs(tr[b, t], self.body.springs, tol=1e-12)
+                    if len(z):
+                        j = int(z[0])
+                        i0, i1 = self.body.springs[j]
+                        return (f"the mass-spring simulation produced {val}: spring {j} (masses {i0} and "
+                                f"{i1}) of body {b} has zero length at step {t}, so its direction is "
+                                "undefined; keep the masses apart (stiffer springs, smaller dt)")
+                    break
+            return (f"the mass-spring simulation produced {val} (body {b} blew up at step {t_bad}): "
+                    f"dt={self.dt} s is probably too large for the stiffness/mass; lower sim.dt or the stiffness")
+        return (f"the mass-spring objective is {val} although the trajectory is finite; "
+                "check the objective's data (target, observed trajectory)")
 
     def backward(self) -> dict:
         """Reverse sweep after :meth:`forward`: d objective / d parameter, each shaped like
@@ -431,7 +510,10 @@ class MassSpring(runtime.RuntimeBound):
         for t in reversed(range(self.T)):
             step_grad(t)
         k["start"].grad()
-        return {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
+        out = {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
+        for n in SPRING_PARAMS:
+            out[n] = out[n][:, :self.S]
+        return out
 
     def trajectory(self) -> np.ndarray:
         """Positions after :meth:`forward`: shape (B, steps + 1, N, 2) [m]."""

@@ -29,7 +29,8 @@ from ..errors import DiffsimError, GradientError, SceneError
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from ..systems import bodies
-from ..systems.mass_spring import MassSpring, OBJECTIVES
+from ..systems.mass_spring import (BODY_PARAMS, MAX_FIELD_ELEMENTS, OBJECTIVES, SPRING_PARAMS, MassSpring,
+                                     field_bytes)
 
 DESCRIPTION = "2D mass-spring bodies (robots, cloth) with controllers; locomotion, shape and identification"
 
@@ -51,7 +52,8 @@ SCHEMA = {
         "total_mass": Key("float", 1.0, "grid/cloth total mass [kg]", lo=0, lo_open=True),
         "stiffness": Key("float", 0.0, "override every spring's stiffness [N/m] (0: keep)", lo=0),
         "damping": Key("float", 0.0, "damping along every spring [N·s/m] (generators)", lo=0),
-        "actuation": Key("float", 0.0, "override actuation of actuated springs (0: keep)", lo=0),
+        "actuation": Key("float", 0.0, "override actuation of actuated springs (0: keep)", lo=0,
+                         hi=1, hi_open=True),
         "diagonals": Key("bool", False, "grid: add diagonal springs"),
     },
     "sim": {
@@ -72,7 +74,7 @@ SCHEMA = {
         "sines": Key("int", 10, "neural: sine clock inputs", lo=0),
         "omega": Key("float", 10.0, "clock frequency [rad/s]"),
         "pieces": Key("int", 8, "sequence: piecewise-constant pieces", lo=1),
-        "seed": Key("int", 0, "random seed of the initial weights"),
+        "seed": Key("int", 0, "random seed of the initial weights", lo=0),
         "scale": Key("float", 1.0, "initial weight scale", lo=0),
     },
     "task": {
@@ -82,7 +84,10 @@ SCHEMA = {
         "target": Key("floats", [1.0, 0.2], "target point [m] (objective target)", length=2),
         "target_shape_scale": Key("float", 1.2, "objective shape: target = initial shape scaled about its centre", lo=0),
         "area": Key("float", 0.1, "objective area: target area [m²]"),
-        "true_stiffness_scale": Key("floats", [1.0], "identify: observed run uses stiffness × these (cycled per spring)"),
+        "true_stiffness_scale": Key("floats", [1.0], "identify: observed run uses stiffness × these (cycled per spring)",
+                                    lo=0, lo_open=True, check=lambda v: None if v else "must not be empty"),
+        "noise": Key("float", 1e-3, "identify: position noise [m] assumed for the standard errors "
+                     "of the identifiability report", lo=0, lo_open=True),
         "guess_scale": Key("float", 1.0, "identify: initial guess = scene stiffness × this", lo=0, lo_open=True),
     },
     "optim": {
@@ -124,18 +129,92 @@ def make_body(sc) -> bodies.Body:
     return body
 
 
+#: scene keys that size the fields, for naming the one to blame when memory is refused
+_SIZE_KEYS = (("sim", "steps"), ("sim", "batch"), ("controller", "hidden"), ("controller", "sines"),
+              ("controller", "pieces"), ("body", "nx"), ("body", "ny"))
+_ROBOT_COUNTS = {"A": (6, 11, 11), "B": (14, 30, 4), "C": (20, 46, 18), "D": (26, 61, 14)}
+
+
+def _counts(sc, sizes):
+    """(masses, springs, actuated springs) the scene's body will have, computed from the
+    scene without building it (a cloth of nx = 10⁶ must be refused before its lists exist)."""
+    b = sc["body"]
+    gen = b["generator"]
+    if gen == "tables":
+        springs = sc["springs"]
+        act = sum(1 for e in springs if isinstance(e, dict) and e.get("actuation", 0) not in (0, 0.0))
+        return len(sc["masses"]), len(springs), act
+    if gen == "robot":
+        return _ROBOT_COUNTS[b["robot"]]
+    if gen == "triangle":
+        return 3, 3, 0
+    nx = sizes["body.nx"]
+    ny = nx if gen == "cloth" else sizes["body.ny"]
+    s = (nx - 1) * ny + nx * (ny - 1) + (2 * (nx - 1) * (ny - 1) if b["diagonals"] else 0)
+    return nx * ny, s, 0
+
+
+def _scene_bytes(sc, sizes):
+    n, s, a = _counts(sc, sizes)
+    c = sc["controller"]
+    nbytes, elems = field_bytes(n, s, a, batch=sizes["sim.batch"], steps=sizes["sim.steps"],
+                                controller=c["kind"], hidden=sizes["controller.hidden"],
+                                sines=sizes["controller.sines"], pieces=sizes["controller.pieces"])
+    # the body itself (numpy) and, for identify, the observed trajectory copy
+    return nbytes + 64 * (n + s), elems
+
+
+def check_sizes(sc):
+    """Refuse (DiffsimError, exit 2) sizes whose fields would not fit, before anything is
+    built; the key blamed is the one whose value, put back to its default, shrinks the
+    estimate most (float64 bytes: an upper bound for f32 runs)."""
+    sizes = {f"{s}.{k}": sc[s][k] for s, k in _SIZE_KEYS}
+    nbytes, elems = _scene_bytes(sc, sizes)
+    if nbytes <= runtime.memory_limit() and elems <= MAX_FIELD_ELEMENTS:
+        return
+    best, ratio = "sim.steps", 0.0
+    for full in sizes:
+        section, k = full.split(".")
+        alt = dict(sizes, **{full: min(sizes[full], SCHEMA[section][k].default)})
+        r = nbytes / max(_scene_bytes(sc, alt)[0], 1)
+        if r > ratio:
+            best, ratio = full, r
+    what = "the mass-spring simulation's fields"
+    if elems > MAX_FIELD_ELEMENTS:
+        raise SceneError(f"{what} would need one field of {elems:,} entries; Taichi indexes fields with "
+                         f"32-bit integers (at most {MAX_FIELD_ELEMENTS:,}); make it smaller",
+                         file=sc.path, key=best, value=sizes[best], has_value=True)
+    runtime.check_memory(nbytes, what=f"{sc.path}: {what}", key=best, value=sizes[best])
+
+
 def check_scene(sc):
-    make_body(sc)   # raises SceneError naming the bad entry
+    check_sizes(sc)
+    body = make_body(sc)   # raises SceneError naming the bad entry
+    try:
+        bodies.check_body(body)
+    except DiffsimError as e:
+        raise SceneError(str(e), file=sc.path, key="body") from None
     opt = sc["task"]["optimize"]
-    known = ("controller",) + tuple(n for n in ("stiffness", "damping", "rest", "actuation", "mass",
-                                                 "x0", "y0", "vx0", "vy0"))
-    if not (isinstance(opt, list) and opt and all(o in known for o in opt)):
-        raise SceneError(f"must be a non-empty list of {', '.join(known)}", file=sc.path,
+    known = ("controller",) + BODY_PARAMS
+    if not (isinstance(opt, list) and opt and all(o in known for o in opt)) or len(set(opt)) != len(opt):
+        raise SceneError(f"must be a non-empty list of distinct names from {', '.join(known)}", file=sc.path,
                          key="task.optimize", value=opt, has_value=True)
     if "controller" in opt and sc["controller"]["kind"] == "none":
         raise SceneError("optimises the controller but controller.kind = 'none'; pick neural, sine "
                          "or sequence, or optimise body parameters", file=sc.path, key="task.optimize",
                          value=opt, has_value=True)
+    if "controller" in opt and len(body.actuated) == 0:
+        raise SceneError("optimises the controller but no spring is actuated (every actuation is 0), so "
+                         "the controller has no outputs; give some springs an actuation", file=sc.path,
+                         key="task.optimize", value=opt, has_value=True)
+    spring_groups = [o for o in opt if o in SPRING_PARAMS]
+    if spring_groups and body.n_springs == 0:
+        raise SceneError(f"optimises {', '.join(spring_groups)} but the body has no springs ([[springs]] "
+                         "is empty); add springs or optimise mass/initial-state groups", file=sc.path,
+                         key="task.optimize", value=opt, has_value=True)
+    if sc["task"]["objective"] == "identify" and body.n_springs == 0:
+        raise SceneError("objective 'identify' fits spring stiffnesses, but the body has no springs",
+                         file=sc.path, key="task.objective", value="identify", has_value=True)
 
 
 def build(sc, **_):
