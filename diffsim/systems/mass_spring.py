@@ -26,11 +26,19 @@ Controllers (u ∈ [-1, 1] per actuated spring, one set of weights per body):
 Layout (DiffTaichi's): every per-step quantity lives in a field indexed (body, step,
 element), so each step writes a new time index (Taichi's global data access rules hold)
 and nothing is carried in locals (no autodiff stack). One kernel launch advances every
-body one step; it holds a flat parallel loop per stage (controller layers, springs,
-masses), which Taichi's reverse kernel runs backwards. The reverse sweep calls the step
+body one step; it holds one top-level loop per stage (controller layers, springs,
+masses), which Taichi's reverse kernel runs backwards. Each stage loops over the batch
+only (serialized when B = 1, which skips the parallel dispatch); a body's springs, neurons
+and objective terms run serially inside it, so every sum (spring forces into masses,
+layer sums, the objective, and every gradient accumulation of the reverse kernels) is
+done in one fixed order: identical inputs give bitwise identical objectives and
+gradients. (Flat parallel loops over (body, spring) summed with atomics in thread
+order, which changed the last bits between runs; robot optimisations amplify such bits
+through grazing contacts, see docs/mass_spring.md.) The reverse sweep calls the step
 kernel's ``.grad`` for t = steps-1 … 0 without ti.ad.Tape (no per-call clearing of every
 gradient). A time loop fused inside one kernel over per-step fields gave wrong gradients
-(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), so it is not used.
+(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
+loops of one top-level batch loop (zero stiffness gradients), so neither is used.
 """
 
 import math

@@ -15,7 +15,8 @@ Scene layout (TOML)::
                   seed, scale
     [task]        objective = "distance" | "target" | "shape" | "area" | "identify" | "height",
                   optimize = parameter groups (e.g. ["controller"], ["stiffness"], ["rest"]),
-                  target, target_shape_scale, area, true_stiffness_scale, guess_scale
+                  target, target_shape_scale, area, true_stiffness_scale, guess_scale,
+                  noise (identify: position noise [m] for the identifiability report)
     [optim]       method = "adam" | "gd" | "lbfgs", lr, iterations, clip, max_grad_norm
 """
 import json
