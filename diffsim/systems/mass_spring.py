@@ -228,6 +228,10 @@ class MassSpring(runtime.RuntimeBound):
         """Seeded random weights: DiffTaichi's scaled normal init for "neural"
         (W1 ~ N(0, 2/(H+I))·2, W2 ~ N(0, 2/(H+A))·3, zero biases); amp = 0.5·scale and
         uniform phases for "sine"; N(0, 0.3²) for "sequence"."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DiffsimError(f"the controller seed must be an integer >= 0, got {seed!r}")
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+            raise DiffsimError(f"the controller weight scale must be a finite number, got {scale!r}")
         rng = np.random.default_rng(seed)
         B, A, H, I = self.B, max(self.A, 1), self.H, self.I
         c = self.controller

@@ -103,7 +103,8 @@ SCHEMA = {
 GROUPS_CONTROLLER = {"neural": ("w1", "b1", "w2", "b2"), "sine": ("amp", "phase"),
                      "sequence": ("seq",), "none": ()}
 _BOUNDS = {"amp": (-1.0, 1.0), "seq": (-1.0, 1.0), "stiffness": (0.0, math.inf),
-           "damping": (0.0, math.inf), "rest": (1e-6, math.inf), "mass": (1e-9, math.inf)}
+           "damping": (0.0, math.inf), "rest": (1e-6, math.inf), "mass": (1e-9, math.inf),
+           "actuation": (-1.0, 1.0)}   # |a| <= 1 keeps the actuated rest length rest·(1 + a·u) >= 0
 
 
 def make_body(sc) -> bodies.Body:
