@@ -225,3 +225,16 @@ def test_identifiability_report_and_jacobian_against_reverse_mode():
     text = pb.identifiability_text(rep)
     assert f"of {S} stiffnesses within 1 %" in text
     json.dumps(pb.summary(x)["identifiability"], default=lambda o: o.tolist())
+
+
+def test_identifiability_flags_stiffnesses_the_data_cannot_see():
+    # 2×2 cloth: spring 1 joins the two pinned top corners (it moves nothing), and the
+    # bottom spring 0 stays at its rest length while the cloth falls straight down
+    pb = diffsim.build("cloth_drop", ["body.nx=2", "sim.steps=30"])
+    assert pb.body.springs[:2].tolist() == [[0, 1], [2, 3]]
+    rep = pb.identifiability()
+    assert rep["rank"] == pb.body.n_springs - 2
+    rse = rep["relative_std_error"]
+    assert np.isinf(rse[:2]).all() and np.isfinite(rse[2:]).all()
+    assert {e["spring"] for e in rep["least_determined"][:2]} == {0, 1}
+    assert rep["condition"] > 1e6
