@@ -119,6 +119,8 @@ def test_batch_gradients_identical_between_runs():
         assert f == out[0][0]
         for n in g:
             assert np.array_equal(g[n], out[0][1][n]), n
+    # the batch-parallel stages and the serialized batch sum differentiate correctly
+    check(sim, "distance", [("w1", (1, 2, 5), 1e-6), ("stiffness", (2, 4), 1e-3), ("vy0", (0, 1), 1e-7)])
 
 
 # -- input checks ----------------------------------------------------------------------
