@@ -94,7 +94,7 @@ SCHEMA = {
     "optim": {
         "method": Key("str", "adam", "optimiser", choices=("adam", "gd", "lbfgs")),
         "lr": Key("float", 0.01, "learning rate", lo=0, lo_open=True),
-        "iterations": Key("int", 100, "iterations", lo=1),
+        "iterations": Key("int", 100, "iterations", lo=1, hi=1_000_000),
         "clip": Key("float", 0.0, "gradient 2-norm clip (0: none)", lo=0),
         "max_grad_norm": Key("float", 1e12, "a larger gradient norm is an error (exploding)", lo=0, lo_open=True),
     },
