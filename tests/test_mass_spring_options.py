@@ -240,3 +240,12 @@ def test_identifiability_flags_stiffnesses_the_data_cannot_see():
     assert np.isinf(rse[:2]).all() and np.isfinite(rse[2:]).all()
     assert {e["spring"] for e in rep["least_determined"][:2]} == {0, 1}
     assert rep["condition"] > 1e6
+
+
+def test_unstable_step_refused_even_when_finite():
+    from diffsim.errors import SimulationError
+    b = bodies.Body(x=[[0.0, 0.0], [0.1, 0.0]], mass=1.0, springs=[[0, 1]], stiffness=1e6, damping=0.0,
+                    rest=0.09, actuation=0.0, pinned=False)
+    sim = MassSpring(b, steps=30, dt=0.01, gravity=0.0, ground=None)   # ω·dt = 10: explodes
+    with pytest.raises(SimulationError, match="blew up"):
+        sim.forward("shape")

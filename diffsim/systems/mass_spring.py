@@ -175,6 +175,7 @@ class MassSpring(runtime.RuntimeBound):
         self.shape_t = ti.field(r, (N, 2))
         self.obs_x, self.obs_y = ti.field(r, (T + 1, N)), ti.field(r, (T + 1, N))
         self.scalar = ti.field(r, 2)   # [target area, unused]
+        self.reach = ti.field(r, ())   # largest |coordinate| at the last step (blow-up check)
 
     def reset_body(self, body: Body):
         """Load a body's parameters into every batch entry (topology must match)."""
@@ -460,7 +461,20 @@ class MassSpring(runtime.RuntimeBound):
                 for I_ in ti.grouped(f):
                     f.grad[I_] = 0.0
 
-        self._k = dict(start=start, step=step, objective=objective,
+        reach = self.reach
+
+        @ti.kernel
+        def final_reach():
+            # never differentiated: a running max is fine here
+            ti.loop_config(serialize=True)
+            for _ in range(1):
+                m = 0.0
+                for b in range(B):
+                    for i in range(N):
+                        m = ti.max(m, ti.max(ti.abs(xs[b, T, i]), ti.abs(ys[b, T, i])))
+                reach[None] = m
+
+        self._k = dict(start=start, step=step, objective=objective, final_reach=final_reach,
                        clear_values=clear_values, clear_grads=clear_grads)
 
     # -- running -------------------------------------------------------------------------
@@ -482,6 +496,16 @@ class MassSpring(runtime.RuntimeBound):
         val = float(self.loss[None])
         if not math.isfinite(val):
             raise SimulationError(self._blow_up_message(val))
+        # An explicit step that is unstable can grow without overflowing (1e119 m seen for a
+        # 20×20 cloth at dt = 2 ms): refuse positions a million times beyond the start.
+        k["final_reach"]()
+        reach = float(self.reach[None])
+        limit = 1e6 * (1.0 + float(np.abs(self.body.x).max()))
+        if not reach <= limit:
+            raise SimulationError(
+                f"the mass-spring simulation blew up: a mass ended {reach:.3g} m from the origin "
+                f"(started within {limit / 1e6 - 1:.3g} m); dt={self.dt} s is probably too large for "
+                "the stiffness, damping and masses; lower sim.dt (and raise sim.steps) or the stiffness")
         return val
 
     def _blow_up_message(self, val):
