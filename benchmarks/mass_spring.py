@@ -5,6 +5,7 @@ and the hanging 64×64 cloth (500 steps, gradient w.r.t. every stiffness and ini
 velocity). Each (body, precision) runs in its own process (one Taichi runtime each).
 
     PYTHONPATH=. python benchmarks/mass_spring.py [--robots A,B,C,D] [--precision f64,f32] [--repeat 3]
+    PYTHONPATH=. python benchmarks/mass_spring.py --spikes     (gradient-norm spikes of robot_a)
 """
 import argparse
 import subprocess
@@ -120,6 +121,44 @@ def _difftaichi_style(m):
     return iteration
 
 
+def grad_spikes(iterations=6):
+    """Why robot_a's gradient norm spikes (docs/mass_spring.md): for the first Adam
+    iterations of `diffsim optimize robot_a`, the gradient norm next to the grazing
+    impacts of that run (impacts that start above the ground: the end-of-step x moves by
+    -nvx/nvy per metre of starting height), and at iteration 1 the directional slope
+    along the gradient by central, forward and backward differences of shrinking step."""
+    import math
+    import diffsim
+    diffsim.init()
+    pb = diffsim.build("robot_a")
+    sim, x, opt = pb.sim, pb.x0(), pb.make_optimizer()
+    sdamp, ground = math.exp(-sim.damping * sim.dt), sim.ground
+    for it in range(iterations):
+        f, g = pb.value_and_grad(x)
+        n = np.linalg.norm(g)
+        tr, v = sim.trajectory()[0], sim.velocities()[0]
+        fx, fy = sim.fx.to_numpy()[0], sim.fy.to_numpy()[0]
+        py, vx, vy = tr[:-1, :, 1], v[:-1, :, 0], v[:-1, :, 1]
+        m = sim.get("mass")[0]
+        nvx = sdamp * vx + sim.dt * fx / m
+        nvy = sdamp * vy + sim.dt * (sim.gravity + fy / m)
+        hit = (py + sim.dt * nvy < ground) & (nvy < 0)
+        above = hit & (py > ground)
+        ratio = np.abs(nvx / np.where(above, nvy, 1.0)) * above
+        k = np.unravel_index(np.argmax(ratio), ratio.shape)
+        print(f"iteration {it}: objective {f:.6g}, |grad| {n:.3g}; impacts from above the ground "
+              f"{int(above.sum())}, at/below it {int((hit & ~above).sum())}; largest |nvx/nvy| "
+              f"{ratio.max():.3g} (step {k[0]}, mass {k[1]}, height above ground {py[k] - ground:.3g} m, "
+              f"nvy {nvy[k]:.3g} m/s)")
+        if it == 1:
+            d, f0 = g / n, f
+            for h in (1e-6, 1e-8, 1e-10, 1e-12):
+                fp, fm = pb.objective(x + h * d), pb.objective(x - h * d)
+                print(f"    slope along the gradient: reverse mode {n:.4g}; h = {h:g}: central "
+                      f"{(fp - fm) / (2 * h):.4g}, forward {(fp - f0) / h:.4g}, backward {(f0 - fm) / h:.4g}")
+        x = opt.step(x.copy(), g)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--robots", default="A,B,C,D")
@@ -127,8 +166,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-cloth", action="store_true")
+    ap.add_argument("--spikes", action="store_true", help="analyse robot_a's gradient-norm spikes instead")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.spikes:
+        grad_spikes()
+        return
     if a.one:
         ours, base = run_one(a.one[0], a.one[1], a.repeat, not a.no_baseline)
         print(f"RESULT {ours} {base}")

@@ -99,7 +99,7 @@ def test_robot_counts():
     ([{"x": 0, "y": 0, "mass": 0.0}, {"x": 1, "y": 0}], [{"a": 0, "b": 1}], "masses[0].mass"),
     ([{"x": 0, "y": 0}, {"x": 1, "y": 0, "mass": -2}], [], "masses[1].mass"),
     ([{"x": 0, "y": 0}, {"x": 1, "y": 0}], [{"a": 0, "b": 1}, {"a": 0, "b": 1, "rest": 0.0}], "springs[1].rest"),
-    ([{"x": 0, "y": 0}, {"x": 0, "y": 0}], [{"a": 0, "b": 1}], "springs[0].rest"),
+    ([{"x": 0, "y": 0}, {"x": 0, "y": 0}], [{"a": 0, "b": 1}], "springs[0]"),
 ])
 def test_malformed_bodies_rejected(tmp_path, masses, springs, key):
     import tomllib  # noqa: F401  (scene files are TOML)

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import SceneError
+from ..errors import DiffsimError, SceneError
 
 
 @dataclasses.dataclass
@@ -170,11 +170,74 @@ def triangle() -> Body:
                 rest=_lengths(x, springs), actuation=0.0, pinned=False)
 
 
+# -- validation ------------------------------------------------------------------------
+def check_body(body: Body) -> None:
+    """Refuse a body the simulation cannot run, naming the mass or spring: non-finite
+    values, mass <= 0, spring indices out of range or equal, rest length <= 0, negative
+    stiffness/damping, |actuation| >= 1 (rest length could reach 0), and springs whose
+    two masses start at the same point (the spring direction d/|d| is undefined: NaN).
+    Raises DiffsimError."""
+    n = body.n_masses
+    if n < 1:
+        raise DiffsimError("a body needs at least one mass")
+    for name, arr in (("x", body.x), ("v", body.v), ("mass", body.mass)):
+        bad = np.nonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0]
+        if len(bad):
+            raise DiffsimError(f"mass {bad[0]}: {name} = {arr[bad[0]]} is not finite")
+    bad = np.nonzero(~(body.mass > 0))[0]
+    if len(bad):
+        raise DiffsimError(f"mass {bad[0]}: mass = {body.mass[bad[0]]} kg; it must be > 0")
+    sp = body.springs
+    for j, (a, b) in enumerate(sp):
+        if not (0 <= a < n and 0 <= b < n):
+            raise DiffsimError(f"spring {j} joins masses ({a}, {b}); indices must be 0..{n - 1}")
+        if a == b:
+            raise DiffsimError(f"spring {j} joins mass {a} to itself; a spring needs two masses")
+    for name in ("stiffness", "damping", "rest", "actuation"):
+        arr = getattr(body, name)
+        bad = np.nonzero(~np.isfinite(arr))[0]
+        if len(bad):
+            j = bad[0]
+            raise DiffsimError(f"spring {j} (masses {sp[j, 0]}, {sp[j, 1]}): {name} = {arr[j]} is not finite")
+    for name, ok, rule in (("rest", body.rest > 0, "> 0 m"), ("stiffness", body.stiffness >= 0, ">= 0"),
+                           ("damping", body.damping >= 0, ">= 0"),
+                           ("actuation", np.abs(body.actuation) < 1, "in (-1, 1) (rest·(1 + a·u) must stay > 0)")):
+        bad = np.nonzero(~ok)[0]
+        if len(bad):
+            j = bad[0]
+            raise DiffsimError(f"spring {j} (masses {sp[j, 0]}, {sp[j, 1]}): {name} = "
+                               f"{getattr(body, name)[j]}; it must be {rule}")
+    if len(sp):
+        zero = np.nonzero(_lengths(body.x, sp) == 0)[0]
+        if len(zero):
+            j = zero[0]
+            raise DiffsimError(f"spring {j} joins masses {sp[j, 0]} and {sp[j, 1]}, which start at the same "
+                               f"point {tuple(body.x[sp[j, 0]].tolist())}: a zero-length spring has no direction; "
+                               "move one of the masses")
+
+
+def zero_length_springs(x: np.ndarray, springs: np.ndarray, tol=0.0) -> np.ndarray:
+    """Indices of springs whose length at positions ``x`` (N, 2) is <= ``tol`` [m]."""
+    if len(springs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.nonzero(_lengths(x, springs) <= tol)[0]
+
+
 # -- scene tables -> Body, with errors naming the entry ----------------------------------
+def _number(e, k, default, *, path, key):
+    """e[k] (or default) as a finite float; SceneError naming ``key.k`` otherwise."""
+    v = e.get(k, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise SceneError("must be a finite number", file=path, key=f"{key}.{k}", value=v, has_value=True)
+    return float(v)
+
+
 def body_from_tables(masses, springs, *, path="", defaults=None) -> Body:
-    """Build a Body from scene arrays ``[[masses]]`` (x, y, mass=1, pinned=false, vx=0,
-    vy=0) and ``[[springs]]`` (a, b, stiffness, damping, rest=initial distance,
-    actuation=0). Raises SceneError naming ``masses[i]``/``springs[j]`` and the value."""
+    """Build a Body from scene arrays ``[[masses]]`` (x, y, mass=1 [kg] > 0, pinned=false
+    (a TOML boolean), vx=0, vy=0 [m/s]) and ``[[springs]]`` (a, b: mass indices, stiffness
+    [N/m] >= 0, damping [N·s/m] >= 0, rest [m] > 0 (default: initial distance), actuation
+    in (-1, 1), default 0). Every key's type and range is checked; SceneError names the
+    file, the key (e.g. ``masses[3].pinned``) and the value."""
     d = {"stiffness": 1.0, "damping": 0.0, "actuation": 0.0, **(defaults or {})}
     if not isinstance(masses, list) or not masses:
         raise SceneError("needs at least one [[masses]] entry", file=path, key="masses")
@@ -190,17 +253,19 @@ def body_from_tables(masses, springs, *, path="", defaults=None) -> Body:
         for k in ("x", "y"):
             if k not in e:
                 raise SceneError("is required", file=path, key=f"{key}.{k}")
-        for k in ("x", "y", "mass", "vx", "vy"):
-            v = e.get(k, 0.0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise SceneError("must be a finite number", file=path, key=f"{key}.{k}", value=v, has_value=True)
-        m = e.get("mass", 1.0)
+        x, y = _number(e, "x", 0.0, path=path, key=key), _number(e, "y", 0.0, path=path, key=key)
+        m = _number(e, "mass", 1.0, path=path, key=key)
         if not m > 0:
-            raise SceneError("mass must be > 0 kg", file=path, key=f"{key}.mass", value=m, has_value=True)
-        xs.append((float(e["x"]), float(e["y"])))
-        ms.append(float(m))
-        pins.append(bool(e.get("pinned", False)))
-        vs.append((float(e.get("vx", 0.0)), float(e.get("vy", 0.0))))
+            raise SceneError("mass must be > 0 kg", file=path, key=f"{key}.mass", value=e["mass"], has_value=True)
+        pin = e.get("pinned", False)
+        if not isinstance(pin, bool):
+            # a string "false" is truthy: refusing it keeps a typo from pinning the mass
+            raise SceneError("must be true or false (a TOML boolean, not a string or number)",
+                             file=path, key=f"{key}.pinned", value=pin, has_value=True)
+        xs.append((x, y))
+        ms.append(m)
+        pins.append(pin)
+        vs.append((_number(e, "vx", 0.0, path=path, key=key), _number(e, "vy", 0.0, path=path, key=key)))
     n = len(xs)
     x = np.array(xs)
     if not isinstance(springs, list):
@@ -221,25 +286,26 @@ def body_from_tables(masses, springs, *, path="", defaults=None) -> Body:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
                 raise SceneError(f"must be the index of a mass, 0..{n - 1}", file=path,
                                  key=f"{key}.{k}", value=v, has_value=True)
-        if e["a"] == e["b"]:
-            raise SceneError("a spring must join two different masses", file=path, key=f"{key}.b",
-                             value=e["b"], has_value=True)
-        for k in ("stiffness", "damping", "rest", "actuation"):
-            if k in e:
-                v = e[k]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                    raise SceneError("must be a finite number", file=path, key=f"{key}.{k}", value=v, has_value=True)
         a, b = e["a"], e["b"]
-        rest = float(e.get("rest", np.linalg.norm(x[a] - x[b])))
-        if not rest > 0:
-            raise SceneError("rest length must be > 0 m (masses at the same place need an explicit rest)",
-                             file=path, key=f"{key}.rest", value=rest, has_value=True)
-        kk, cc = float(e.get("stiffness", d["stiffness"])), float(e.get("damping", d["damping"]))
-        if kk < 0 or cc < 0:
-            raise SceneError("stiffness and damping must be >= 0", file=path, key=key,
-                             value={"stiffness": kk, "damping": cc}, has_value=True)
-        pairs.append((a, b)); k_.append(kk); c_.append(cc); r_.append(rest)
-        a_.append(float(e.get("actuation", d["actuation"])))
+        if a == b:
+            raise SceneError("a spring must join two different masses", file=path, key=f"{key}.b",
+                             value=b, has_value=True)
+        length = float(np.linalg.norm(x[a] - x[b]))
+        if length == 0:
+            raise SceneError(f"joins masses {a} and {b}, which start at the same point {tuple(x[a].tolist())}: "
+                             "a zero-length spring has no direction (NaN force); move one of the masses",
+                             file=path, key=key)
+        kk = _number(e, "stiffness", d["stiffness"], path=path, key=key)
+        cc = _number(e, "damping", d["damping"], path=path, key=key)
+        rest = _number(e, "rest", length, path=path, key=key)
+        act = _number(e, "actuation", d["actuation"], path=path, key=key)
+        for k, v, ok, rule in (("stiffness", kk, kk >= 0, ">= 0 N/m"), ("damping", cc, cc >= 0, ">= 0 N·s/m"),
+                               ("rest", rest, rest > 0, "> 0 m"),
+                               ("actuation", act, abs(act) < 1, "in (-1, 1): rest·(1 + actuation·u) must stay > 0")):
+            if not ok:
+                raise SceneError(f"must be {rule} (spring {j} joins masses {a} and {b})", file=path,
+                                 key=f"{key}.{k}", value=e.get(k, v), has_value=True)
+        pairs.append((a, b)); k_.append(kk); c_.append(cc); r_.append(rest); a_.append(act)
     return Body(x=x, mass=np.array(ms), springs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
                 stiffness=np.array(k_), damping=np.array(c_), rest=np.array(r_),
                 actuation=np.array(a_), pinned=np.array(pins), v=np.array(vs))

@@ -26,11 +26,19 @@ Controllers (u ∈ [-1, 1] per actuated spring, one set of weights per body):
 Layout (DiffTaichi's): every per-step quantity lives in a field indexed (body, step,
 element), so each step writes a new time index (Taichi's global data access rules hold)
 and nothing is carried in locals (no autodiff stack). One kernel launch advances every
-body one step; it holds a flat parallel loop per stage (controller layers, springs,
-masses), which Taichi's reverse kernel runs backwards. The reverse sweep calls the step
+body one step; it holds one top-level loop per stage (controller layers, springs,
+masses), which Taichi's reverse kernel runs backwards. Each stage loops over the batch
+only (serialized when B = 1, which skips the parallel dispatch); a body's springs, neurons
+and objective terms run serially inside it, so every sum (spring forces into masses,
+layer sums, the objective, and every gradient accumulation of the reverse kernels) is
+done in one fixed order: identical inputs give bitwise identical objectives and
+gradients. (Flat parallel loops over (body, spring) summed with atomics in thread
+order, which changed the last bits between runs; robot optimisations amplify such bits
+through grazing contacts, see docs/mass_spring.md.) The reverse sweep calls the step
 kernel's ``.grad`` for t = steps-1 … 0 without ti.ad.Tape (no per-call clearing of every
 gradient). A time loop fused inside one kernel over per-step fields gave wrong gradients
-(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), so it is not used.
+(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
+loops of one top-level batch loop (zero stiffness gradients), so neither is used.
 """
 
 import math
@@ -40,12 +48,45 @@ import taichi as ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
-from .bodies import Body
+from .bodies import Body, check_body, zero_length_springs
 
 CONTROLLERS = ("none", "neural", "sine", "sequence")
 OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
 #: learnable per-body arrays: name -> (shape after the batch axis as a function of sizes)
 BODY_PARAMS = ("stiffness", "damping", "rest", "actuation", "mass", "x0", "y0", "vx0", "vy0")
+
+
+#: Taichi indexes a field with 32-bit integers
+MAX_FIELD_ELEMENTS = 2**31 - 1
+#: parameter groups with one entry per spring (padded to one entry when a body has none)
+SPRING_PARAMS = ("stiffness", "damping", "rest", "actuation")
+
+
+def field_bytes(n_masses, n_springs, n_actuated, *, batch, steps, controller="none", hidden=32,
+                sines=10, pieces=8, real_bytes=8):
+    """Bytes of the Taichi fields a :class:`MassSpring` with these sizes allocates (values and
+    gradients), and the entry count of its largest field; computed without allocating, so
+    a caller can refuse enormous sizes first (runtime.check_memory). Plain Python integers:
+    no overflow for any input."""
+    B, T, N = int(batch), int(steps), int(n_masses)
+    S1, A = max(int(n_springs), 1), max(int(n_actuated), 1)
+    ctrl = controller if n_actuated > 0 else "none"
+    H, NS, P = int(hidden), int(sines), int(pieces)
+    I = NS + 4 * N
+    grad = 4 * B * (T + 1) * N + 2 * B * T * N + 2 * B * T + B * T * A + 3 * B + 1
+    grad += 4 * B * S1 + 5 * B * N
+    largest = B * (T + 1) * N
+    if ctrl == "neural":
+        grad += B * T * (2 * H + A + I) + B * (H * I + H + A * H + A)
+        largest = max(largest, B * T * I, B * T * H, B * H * I)
+    elif ctrl == "sine":
+        grad += 2 * B * A
+    elif ctrl == "sequence":
+        grad += B * P * A
+        largest = max(largest, B * P * A)
+    plain = 2 + 2 * N + 2 * (T + 1) * N + 2
+    ints = 3 * S1 + N
+    return real_bytes * (2 * grad + plain) + 4 * ints, largest
 
 
 class MassSpring(runtime.RuntimeBound):
@@ -71,6 +112,20 @@ class MassSpring(runtime.RuntimeBound):
             raise DiffsimError(f"dt must be a positive number of seconds, got {dt!r}")
         if not (isinstance(batch, (int, np.integer)) and batch >= 1):
             raise DiffsimError(f"batch must be a positive integer, got {batch!r}")
+        for name, v in (("hidden", hidden), ("sines", sines), ("pieces", pieces)):
+            if not (isinstance(v, (int, np.integer)) and v >= (0 if name == "sines" else 1)):
+                raise DiffsimError(f"{name} must be a {'non-negative' if name == 'sines' else 'positive'} "
+                                   f"integer, got {v!r}")
+        check_body(body)
+        nbytes, elems = field_bytes(body.n_masses, body.n_springs, len(body.actuated), batch=batch,
+                                    steps=steps, controller=controller, hidden=hidden, sines=sines,
+                                    pieces=pieces, real_bytes=8 if info.precision == "f64" else 4)
+        what = (f"mass-spring fields ({batch} bodies × {steps} steps × {body.n_masses} masses, "
+                f"{body.n_springs} springs)")
+        if elems > MAX_FIELD_ELEMENTS:
+            raise DiffsimError(f"{what} need a field of {elems:,} entries; Taichi indexes fields with "
+                               f"32-bit integers (at most {MAX_FIELD_ELEMENTS:,}); use fewer steps, bodies or masses")
+        runtime.check_memory(nbytes, what=what)
         self.body = body
         self.B, self.T, self.dt = int(batch), int(steps), float(dt)
         self.N, self.S = body.n_masses, body.n_springs
@@ -120,19 +175,21 @@ class MassSpring(runtime.RuntimeBound):
         self.shape_t = ti.field(r, (N, 2))
         self.obs_x, self.obs_y = ti.field(r, (T + 1, N)), ti.field(r, (T + 1, N))
         self.scalar = ti.field(r, 2)   # [target area, unused]
+        self.reach = ti.field(r, ())   # largest |coordinate| at the last step (blow-up check)
 
     def reset_body(self, body: Body):
         """Load a body's parameters into every batch entry (topology must match)."""
         self._check_runtime()
         if body.n_masses != self.N or body.n_springs != self.S:
             raise DiffsimError("reset_body needs a body with the same masses and springs")
+        check_body(body)
         pad = lambda a, v=0: np.concatenate([a, np.full(max(1 - len(a), 0), v, dtype=a.dtype)])
         self.sa.from_numpy(pad(body.springs[:, 0].astype(np.int32)))
         self.sb.from_numpy(pad(body.springs[:, 1].astype(np.int32)))
         self.aidx.from_numpy(pad(np.maximum(self.act_idx, 0).astype(np.int32)))
         self.pin.from_numpy(body.pinned.astype(np.int32))
-        self.set(stiffness=pad(body.stiffness), damping=pad(body.damping), rest=pad(body.rest, 1.0),
-                 actuation=pad(np.where(self.act_idx >= 0, body.actuation, 0.0)), mass=body.mass,
+        self.set(stiffness=body.stiffness, damping=body.damping, rest=body.rest,
+                 actuation=np.where(self.act_idx >= 0, body.actuation, 0.0), mass=body.mass,
                  x0=body.x[:, 0], y0=body.x[:, 1], vx0=body.v[:, 0], vy0=body.v[:, 1])
 
     # -- parameters --------------------------------------------------------------------
@@ -141,7 +198,10 @@ class MassSpring(runtime.RuntimeBound):
         return list(self.p)
 
     def shape_of(self, name):
-        """Shape of parameter ``name`` including the batch axis."""
+        """Shape of parameter ``name`` including the batch axis ((B, 0) for a spring
+        group of a body without springs)."""
+        if name in SPRING_PARAMS:
+            return (self.B, self.S)
         return self.p[name].shape
 
     def set(self, **values):
@@ -151,18 +211,28 @@ class MassSpring(runtime.RuntimeBound):
             if name not in self.p:
                 raise DiffsimError(f"unknown mass-spring parameter {name!r}; known: {', '.join(self.p)}")
             fld = self.p[name]
-            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), fld.shape)
+            if name in SPRING_PARAMS and self.S == 0:
+                continue        # no springs: the padding entry stays as it is
+            a = np.broadcast_to(np.asarray(v, dtype=self.np_real), self.shape_of(name))
             fld.from_numpy(np.ascontiguousarray(a))
         self._forward_done = False
 
     def get(self, name) -> np.ndarray:
+        """Parameter ``name`` as float64, shaped :meth:`shape_of`."""
         self._check_runtime()
-        return self.p[name].to_numpy().astype(np.float64)
+        if name not in self.p:
+            raise DiffsimError(f"unknown mass-spring parameter {name!r}; known: {', '.join(self.p)}")
+        a = self.p[name].to_numpy().astype(np.float64)
+        return a[:, :self.S] if name in SPRING_PARAMS else a
 
     def init_controller(self, seed=0, scale=1.0):
         """Seeded random weights: DiffTaichi's scaled normal init for "neural"
         (W1 ~ N(0, 2/(H+I))·2, W2 ~ N(0, 2/(H+A))·3, zero biases); amp = 0.5·scale and
         uniform phases for "sine"; N(0, 0.3²) for "sequence"."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DiffsimError(f"the controller seed must be an integer >= 0, got {seed!r}")
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+            raise DiffsimError(f"the controller weight scale must be a finite number, got {scale!r}")
         rng = np.random.default_rng(seed)
         B, A, H, I = self.B, max(self.A, 1), self.H, self.I
         c = self.controller
@@ -220,6 +290,16 @@ class MassSpring(runtime.RuntimeBound):
         loss, aux = self.loss, self.aux
         target, shape_t, obs_x, obs_y, scalar = self.target, self.shape_t, self.obs_x, self.obs_y, self.scalar
 
+        # Every kernel below is one loop over the batch with serial inner loops per stage.
+        # Within a body nothing runs concurrently, so every += (spring forces into masses,
+        # layer sums, the objective) and every gradient accumulation of the reverse kernel
+        # happens in one fixed order: a run is bitwise reproducible. Atomic adds from a
+        # flat parallel loop (the former layout) summed in thread order, which changed the
+        # last bits of forces and gradients between identical runs. Locals are assigned once
+        # (no autodiff stack; inner loops may be longer than runtime.AD_STACK_SIZE).
+        serial_batch = B == 1   # one iteration: skip the parallel dispatch (taichi-notes 24)
+        keep_tangent = 0.0 if sticky else 1.0
+
         @ti.kernel
         def start():
             for b, i in ti.ndrange(B, N):
@@ -230,112 +310,124 @@ class MassSpring(runtime.RuntimeBound):
 
         @ti.kernel
         def step(t: ti.i32):
-            # Every loop below is a flat parallel loop (one offloaded task each); Taichi's
-            # reverse kernel runs them backwards. Accumulations go to fields (+=).
+            # One top-level loop per stage (Taichi reverses top-level loops in order; several
+            # inner loops in one body were not: the spring stage's adjoint ran before the
+            # mass stage's and gave zero stiffness gradients). Each stage loops over the
+            # batch only; the elements of a body run serially inside it.
             if ti.static(ctrl == "neural"):
-                for b, i in ti.ndrange(B, N):
-                    cx[b, t] += xs[b, t, i] * inv_n
-                    cy[b, t] += ys[b, t, i] * inv_n
-                for b, k in ti.ndrange(B, I):
-                    val = 0.0
-                    if k < NS:
-                        val = ti.sin(omega * t * dt + two_pi_ns * k)
-                    else:
-                        i = (k - NS) // 4
-                        c = (k - NS) % 4
-                        if c == 0:
-                            val = 0.05 * (xs[b, t, i] - cx[b, t])
-                        elif c == 1:
-                            val = 0.05 * (ys[b, t, i] - cy[b, t])
-                        elif c == 2:
-                            val = 0.05 * vxs[b, t, i]
-                        else:
-                            val = 0.05 * vys[b, t, i]
-                    inp[b, t, k] = val
-                for b, h, k in ti.ndrange(B, H, I):
-                    hpre[b, t, h] += w1[b, h, k] * inp[b, t, k]
-                for b, h in ti.ndrange(B, H):
-                    hid[b, t, h] = ti.tanh(hpre[b, t, h] + b1[b, h])
-                for b, j, h in ti.ndrange(B, A, H):
-                    upre[b, t, j] += w2[b, j, h] * hid[b, t, h]
-                for b, j in ti.ndrange(B, A):
-                    u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for i in range(N):
+                        cx[b, t] += xs[b, t, i] * inv_n
+                        cy[b, t] += ys[b, t, i] * inv_n
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for k in range(NS):
+                        inp[b, t, k] = ti.sin(omega * t * dt + two_pi_ns * k)
+                    for i in range(N):
+                        inp[b, t, NS + 4 * i] = 0.05 * (xs[b, t, i] - cx[b, t])
+                        inp[b, t, NS + 4 * i + 1] = 0.05 * (ys[b, t, i] - cy[b, t])
+                        inp[b, t, NS + 4 * i + 2] = 0.05 * vxs[b, t, i]
+                        inp[b, t, NS + 4 * i + 3] = 0.05 * vys[b, t, i]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for h in range(H):
+                        for k in range(I):
+                            hpre[b, t, h] += w1[b, h, k] * inp[b, t, k]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for h in range(H):
+                        hid[b, t, h] = ti.tanh(hpre[b, t, h] + b1[b, h])
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for j in range(A):
+                        for h in range(H):
+                            upre[b, t, j] += w2[b, j, h] * hid[b, t, h]
+                ti.loop_config(serialize=serial_batch)
+                for b in range(B):
+                    for j in range(A):
+                        u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
             elif ti.static(ctrl == "sine"):
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = amp[b, j] * ti.sin(omega * t * dt + phase[b, j])
             elif ti.static(ctrl == "sequence"):
-                piece = ti.min(t * P // T, P - 1)
+                # the piece index is computed inside the loop: a differentiable kernel may
+                # not mix loops with statements outside them
                 for b, j in ti.ndrange(B, A):
-                    u[b, t, j] = seq[b, piece, j]
-            # -- springs -----------------------------------------------------------
-            for b, s in ti.ndrange(B, S):
-                i, j = sa[s], sb[s]
-                dx = xs[b, t, i] - xs[b, t, j]
-                dy = ys[b, t, i] - ys[b, t, j]
-                l = ti.sqrt(dx * dx + dy * dy)
-                nx, ny = dx / l, dy / l
-                rest = L_[b, s] * (1.0 + a_[b, s] * u[b, t, aidx[s]])
-                vrel = (vxs[b, t, i] - vxs[b, t, j]) * nx + (vys[b, t, i] - vys[b, t, j]) * ny
-                F = k_[b, s] * (l - rest) + c_[b, s] * vrel
-                fx[b, t, i] -= F * nx
-                fy[b, t, i] -= F * ny
-                fx[b, t, j] += F * nx
-                fy[b, t, j] += F * ny
-            # -- masses: semi-implicit Euler with in-step ground impact -------------
+                    u[b, t, j] = seq[b, ti.min(t * P // T, P - 1), j]
+            # -- springs: each body's forces summed in spring order ------------------
+            ti.loop_config(serialize=serial_batch)
+            for b in range(B):
+                for s in range(S):
+                    i, j = sa[s], sb[s]
+                    dx = xs[b, t, i] - xs[b, t, j]
+                    dy = ys[b, t, i] - ys[b, t, j]
+                    l = ti.sqrt(dx * dx + dy * dy)
+                    nx, ny = dx / l, dy / l
+                    rest = L_[b, s] * (1.0 + a_[b, s] * u[b, t, aidx[s]])
+                    vrel = (vxs[b, t, i] - vxs[b, t, j]) * nx + (vys[b, t, i] - vys[b, t, j]) * ny
+                    F = k_[b, s] * (l - rest) + c_[b, s] * vrel
+                    fx[b, t, i] -= F * nx
+                    fy[b, t, i] -= F * ny
+                    fx[b, t, j] += F * nx
+                    fy[b, t, j] += F * ny
+            # -- masses: semi-implicit Euler with in-step ground impact --------------
+            # (each element written once: order-free, so parallel over masses too)
             for b, i in ti.ndrange(B, N):
                 px, py = xs[b, t, i], ys[b, t, i]
                 inv_m = 1.0 / m_[b, i]
                 nvx = sdamp * vxs[b, t, i] + dt * fx[b, t, i] * inv_m
                 nvy = sdamp * vys[b, t, i] + dt * (g + fy[b, t, i] * inv_m)
-                ex = px + dt * nvx
-                ey = py + dt * nvy
+                fixed = pin[i] != 0
                 if ti.static(has_ground):
-                    hit = (ey < ground) & (nvy < 0.0)
+                    hit = (py + dt * nvy < ground) & (nvy < 0.0)
                     den = ti.select(hit, nvy, -1.0)
                     toi = ti.select(hit, ti.min(ti.max((ground - py) / den, 0.0), dt), 0.0)
                     rvy = -e * nvy
-                    rvx = 0.0 * nvx
-                    if ti.static(not sticky):
-                        slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
-                        rvx = ti.select(nvx > 0.0, slide, -slide)
-                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, ex)
-                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, ey)
-                    nvx = ti.select(hit, rvx, nvx)
-                    nvy = ti.select(hit, rvy, nvy)
-                fixed = pin[i] != 0
-                xs[b, t + 1, i] = ti.select(fixed, px, ex)
-                ys[b, t + 1, i] = ti.select(fixed, py, ey)
-                vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
-                vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
+                    slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
+                    rvx = ti.select(nvx > 0.0, slide, -slide) * keep_tangent
+                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, px + dt * nvx)
+                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, py + dt * nvy)
+                    xs[b, t + 1, i] = ti.select(fixed, px, ex)
+                    ys[b, t + 1, i] = ti.select(fixed, py, ey)
+                    vxs[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvx, nvx))
+                    vys[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvy, nvy))
+                else:
+                    xs[b, t + 1, i] = ti.select(fixed, px, px + dt * nvx)
+                    ys[b, t + 1, i] = ti.select(fixed, py, py + dt * nvy)
+                    vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
+                    vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
 
         @ti.kernel
         def objective(kind: ti.template()):
-            if ti.static(kind == "distance"):         # -(centre_x(T) - centre_x(0))
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += -(xs[b, T, i] - xs[b, 0, i]) * inv_n
-            elif ti.static(kind == "target"):         # ½ |centre(T) - target|²
-                for b, i in ti.ndrange(B, N):
-                    aux[0][b] += xs[b, T, i] * inv_n
-                    aux[1][b] += ys[b, T, i] * inv_n
-                for b in range(B):
+            # serial over the batch too: the batch sum into loss is then in a fixed order
+            ti.loop_config(serialize=True)
+            for b in range(B):
+                if ti.static(kind == "distance"):         # -(centre_x(T) - centre_x(0))
+                    for i in range(N):
+                        loss[None] += -(xs[b, T, i] - xs[b, 0, i]) * inv_n
+                elif ti.static(kind == "target"):         # ½ |centre(T) - target|²
+                    for i in range(N):
+                        aux[0][b] += xs[b, T, i] * inv_n
+                        aux[1][b] += ys[b, T, i] * inv_n
                     loss[None] += 0.5 * ((aux[0][b] - target[0]) ** 2 + (aux[1][b] - target[1]) ** 2)
-            elif ti.static(kind == "shape"):          # ½ mean_i |x_i(T) - s_i|²
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += 0.5 * inv_n * ((xs[b, T, i] - shape_t[i, 0]) ** 2
-                                                 + (ys[b, T, i] - shape_t[i, 1]) ** 2)
-            elif ti.static(kind == "area"):           # (area(T) - A*)², masses in polygon order
-                for b, i in ti.ndrange(B, N):
-                    j = (i + 1) % N
-                    aux[0][b] += 0.5 * (xs[b, T, i] * ys[b, T, j] - xs[b, T, j] * ys[b, T, i])
-                for b in range(B):
+                elif ti.static(kind == "shape"):          # ½ mean_i |x_i(T) - s_i|²
+                    for i in range(N):
+                        loss[None] += 0.5 * inv_n * ((xs[b, T, i] - shape_t[i, 0]) ** 2
+                                                     + (ys[b, T, i] - shape_t[i, 1]) ** 2)
+                elif ti.static(kind == "area"):           # (area(T) - A*)², masses in polygon order
+                    for i in range(N):
+                        j = (i + 1) % N
+                        aux[0][b] += 0.5 * (xs[b, T, i] * ys[b, T, j] - xs[b, T, j] * ys[b, T, i])
                     loss[None] += (aux[0][b] - scalar[0]) ** 2
-            elif ti.static(kind == "identify"):       # mean_{t,i} |x_i(t) - observed|²
-                for b, t, i in ti.ndrange(B, T + 1, N):
-                    loss[None] += ((xs[b, t, i] - obs_x[t, i]) ** 2
-                                   + (ys[b, t, i] - obs_y[t, i]) ** 2) * (inv_n / (T + 1))
-            else:                                     # "height": mean_i y_i(T)
-                for b, i in ti.ndrange(B, N):
-                    loss[None] += ys[b, T, i] * inv_n
+                elif ti.static(kind == "identify"):       # mean_{t,i} |x_i(t) - observed|²
+                    for t in range(T + 1):
+                        for i in range(N):
+                            loss[None] += ((xs[b, t, i] - obs_x[t, i]) ** 2
+                                           + (ys[b, t, i] - obs_y[t, i]) ** 2) * (inv_n / (T + 1))
+                else:                                     # "height": mean_i y_i(T)
+                    for i in range(N):
+                        loss[None] += ys[b, T, i] * inv_n
 
         zero = [xs, ys, vxs, vys, fx, fy, cx, cy, u, *aux, loss]
         if ctrl == "neural":
@@ -369,7 +461,20 @@ class MassSpring(runtime.RuntimeBound):
                 for I_ in ti.grouped(f):
                     f.grad[I_] = 0.0
 
-        self._k = dict(start=start, step=step, objective=objective,
+        reach = self.reach
+
+        @ti.kernel
+        def final_reach():
+            # never differentiated: a running max is fine here
+            ti.loop_config(serialize=True)
+            for _ in range(1):
+                m = 0.0
+                for b in range(B):
+                    for i in range(N):
+                        m = ti.max(m, ti.max(ti.abs(xs[b, T, i]), ti.abs(ys[b, T, i])))
+                reach[None] = m
+
+        self._k = dict(start=start, step=step, objective=objective, final_reach=final_reach,
                        clear_values=clear_values, clear_grads=clear_grads)
 
     # -- running -------------------------------------------------------------------------
@@ -390,10 +495,42 @@ class MassSpring(runtime.RuntimeBound):
         self._forward_done = True
         val = float(self.loss[None])
         if not math.isfinite(val):
+            raise SimulationError(self._blow_up_message(val))
+        # An explicit step that is unstable can grow without overflowing (1e119 m seen for a
+        # 20×20 cloth at dt = 2 ms): refuse positions a million times beyond the start.
+        k["final_reach"]()
+        reach = float(self.reach[None])
+        limit = 1e6 * (1.0 + float(np.abs(self.body.x).max()))
+        if not reach <= limit:
             raise SimulationError(
-                f"the mass-spring simulation produced {val} (it blew up): dt={self.dt} s is "
-                "probably too large for the stiffness/mass; lower sim.dt or the stiffness")
+                f"the mass-spring simulation blew up: a mass ended {reach:.3g} m from the origin "
+                f"(started within {limit / 1e6 - 1:.3g} m); dt={self.dt} s is probably too large for "
+                "the stiffness, damping and masses; lower sim.dt (and raise sim.steps) or the stiffness")
         return val
+
+    def _blow_up_message(self, val):
+        """Why the objective is not finite: a spring that reached zero length (its
+        direction d/|d| is 0/0), else a step too large for the stiffness and mass."""
+        tr = self.trajectory()
+        for b in range(self.B):
+            ok = np.isfinite(tr[b]).all(axis=(1, 2))
+            t_bad = int(np.argmin(ok)) if not ok.all() else None
+            if t_bad is None:
+                continue
+            for t in range(max(t_bad - 1, 0), -1, -1):
+                if np.isfinite(tr[b, t]).all():
+                    z = zero_length_springs(tr[b, t], self.body.springs, tol=1e-12)
+                    if len(z):
+                        j = int(z[0])
+                        i0, i1 = self.body.springs[j]
+                        return (f"the mass-spring simulation produced {val}: spring {j} (masses {i0} and "
+                                f"{i1}) of body {b} has zero length at step {t}, so its direction is "
+                                "undefined; keep the masses apart (stiffer springs, smaller dt)")
+                    break
+            return (f"the mass-spring simulation produced {val} (body {b} blew up at step {t_bad}): "
+                    f"dt={self.dt} s is probably too large for the stiffness/mass; lower sim.dt or the stiffness")
+        return (f"the mass-spring objective is {val} although the trajectory is finite; "
+                "check the objective's data (target, observed trajectory)")
 
     def backward(self) -> dict:
         """Reverse sweep after :meth:`forward`: d objective / d parameter, each shaped like
@@ -409,7 +546,10 @@ class MassSpring(runtime.RuntimeBound):
         for t in reversed(range(self.T)):
             step_grad(t)
         k["start"].grad()
-        return {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
+        out = {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
+        for n in SPRING_PARAMS:
+            out[n] = out[n][:, :self.S]
+        return out
 
     def trajectory(self) -> np.ndarray:
         """Positions after :meth:`forward`: shape (B, steps + 1, N, 2) [m]."""
