@@ -279,10 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("iterations",):
+    for name in ("iterations", "max_params", "directions"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
-            parser.error(f"--{name} must be at least 1, got {v}")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     try:
         import matplotlib
         matplotlib.use("Agg")
