@@ -184,7 +184,7 @@ def run_python(args, *, cwd, timeout=60, stdin=None) -> Ran:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["DIFFSIM_MAX_BYTES"] = str(SUBPROCESS_MAX_BYTES)
     env["MPLBACKEND"] = "Agg"
-    env.setdefault("TI_LOG_LEVEL", "warn")
+    env.pop("TI_LOG_LEVEL", None)     # as a user runs it (conftest sets it for pytest)
     try:
         r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                            text=True, errors="replace", timeout=timeout, preexec_fn=_limits,

