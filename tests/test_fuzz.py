@@ -11,8 +11,11 @@ The properties:
 Validation properties run in-process with many examples (no Taichi kernels). Anything
 that builds a simulation runs the command line in a subprocess (a Taichi abort must fail
 one test, not kill pytest) with a bounded address space and ``DIFFSIM_MAX_BYTES``, so an
-allocation diffsim failed to refuse cannot take the machine's memory. Hypothesis runs
-derandomized: CI sees the same examples every time.
+allocation diffsim failed to refuse cannot take the machine's memory. The hand-picked
+command lines run as ``cli.main`` calls in one restartable driver process
+(``fuzz_helpers.run_cli_batch``: one Taichi start-up for ~80 cases; after a traceback, a
+hang or a crash the rest go on in a fresh process). Hypothesis runs derandomized: CI sees
+the same examples every time.
 """
 from __future__ import annotations
 
@@ -295,6 +298,15 @@ def test_malformed_set_is_refused_saying_what_is_wrong(text):
     with pytest.raises(SceneError) as e:
         scene_mod.load("cannon", [text])
     assert "--set" in str(e.value) and (text.strip() in str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("text", ["launch.angle=0.5\nlaunch.speed = 3", "launch.angle=0.5\n[x]\ny = 1",
+                                  "launch.angle=0.5\r\nkind = 'ode'"])
+def test_set_value_is_one_toml_value(text):
+    """A --set value that holds more TOML after the value is refused, not half-used."""
+    with pytest.raises(SceneError) as e:
+        scene_mod.load("cannon", [text])
+    assert "--set" in str(e.value) and "launch.angle" in str(e.value), str(e.value)
 
 
 @FAST
