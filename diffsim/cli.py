@@ -57,8 +57,11 @@ def _out_dir(args, name):
 
 def _problem(args, **kw):
     from . import runtime
-    runtime.init(arch=args.arch, precision=args.precision)
+    # Load (and validate) before Taichi starts: its init turns on flush-to-zero, after
+    # which Python reads 5e-324 as 0.0 and a message would quote the wrong value.
     sc = scene_mod.load(args.scene, args.set)
+    args.scene_path = sc.path
+    runtime.init(arch=args.arch, precision=args.precision)
     return sc, scene_mod.build(sc, **kw)
 
 
@@ -288,7 +291,11 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         return args.func(args)
     except DiffsimError as e:
-        print(f"diffsim: error: {e}", file=sys.stderr)
+        msg = str(e)
+        where = getattr(args, "scene_path", None)
+        if where and where not in msg:        # e.g. a blow-up deep in a solver
+            msg = f"{where}: {msg}"
+        print(f"diffsim: error: {msg}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("diffsim: interrupted", file=sys.stderr)

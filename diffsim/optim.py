@@ -56,10 +56,13 @@ class Adam:
         return {"t": self.t, "m": None if self.m is None else self.m.tolist(),
                 "v": None if self.v is None else self.v.tolist()}
 
-    def load_state_dict(self, s):
-        self.t = int(s["t"])
-        self.m = None if s["m"] is None else np.array(s["m"])
-        self.v = None if s["v"] is None else np.array(s["v"])
+    def load_state_dict(self, s, n=None):
+        """Restore :meth:`state_dict` output; ``n``: the number of optimised parameters
+        (the moment vectors must have that length). ValueError when malformed."""
+        self.t = _count(s["t"])
+        self.m, self.v = (_moment(s[k], n) for k in ("m", "v"))
+        if (self.m is None) != (self.v is None) or (self.t > 0 and self.m is None):
+            raise ValueError("Adam state: m and v must both be given once t > 0")
 
 
 class GradientDescent:
@@ -87,8 +90,27 @@ class GradientDescent:
     def state_dict(self):
         return {"t": self.t}
 
-    def load_state_dict(self, s):
-        self.t = int(s["t"])
+    def load_state_dict(self, s, n=None):
+        self.t = _count(s["t"])
+
+
+def _count(t):
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise ValueError(f"an iteration count must be an integer >= 0, got {t!r}")
+    return t
+
+
+def _moment(v, n):
+    """A moment vector from a checkpoint: None, or n finite floats."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or (n is not None and len(v) != n) or not all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+        raise ValueError(f"a moment vector must be a list of {n} numbers")
+    a = np.array(v, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("a moment vector holds NaN or inf")
+    return a
 
 
 class LBFGS:
@@ -237,7 +259,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         hist.time = [0.0] * len(hist.loss)
         if st["optimizer"] and hasattr(optimizer, "load_state_dict"):
             try:
-                optimizer.load_state_dict(st["optimizer"])
+                optimizer.load_state_dict(st["optimizer"], n=int(free.sum()))
             except (KeyError, TypeError, ValueError):
                 raise DiffsimError(f"{checkpoint}: the optimiser state is malformed; use a "
                                    "fresh --out") from None

@@ -130,7 +130,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part.strip() for part in key.split(".")):
         raise SceneError(f"--set expects KEY=VALUE with a key like section.name, got {text!r}")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
+        if set(parsed) != {"v"}:
+            raise SceneError(f"--set {key}: the value must be one TOML value, got {raw!r}; "
+                             "pass one --set per key")
+        value = parsed["v"]
     except RecursionError:
         raise SceneError(f"--set {key}: the value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
