@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 from typing import Any, Callable
 
-from .errors import SceneError
+from .errors import DiffsimError, SceneError
 
 #: kind name -> module that defines SCHEMA, DESCRIPTION and build(scene)
 KINDS = {
@@ -295,7 +295,12 @@ def load(scene: str | pathlib.Path, overrides: list[str] | dict | None = None) -
     sc = Scene(kind=data["kind"], name=path.stem, path=spath, description=data["description"],
                data=data)
     if hasattr(mod, "check_scene"):
-        mod.check_scene(sc)
+        try:
+            mod.check_scene(sc)
+        except SceneError:
+            raise
+        except DiffsimError as e:       # a check that did not know the file: name it
+            raise SceneError(str(e), file=spath) from None
     return sc
 
 

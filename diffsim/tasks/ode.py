@@ -82,7 +82,12 @@ def check_scene(sc):
             raise sc.error(f"(solve.t1 - solve.t0)/solve.dt = {n:.3g} steps is more than the "
                            f"{MAX_STEPS:.0e} a fixed-step solve may take; raise solve.dt or "
                            "lower solve.t1", key="solve.dt", value=s["dt"])
-    if s["solver"] != "dopri5" and abs(n - round(n)) > 1e-6 or (round(n) % (sc["observe"]["count"] - 1)):
+    J = sc["observe"]["count"]
+    # Per observation: its time, the data, the solution and the forward-sensitivity rows
+    # (n × (m + n)), value and gradient copies: refuse before any of it is allocated.
+    runtime.check_memory(16.0 * J * (2 + 3 * ode.n + ode.n * (ode.m + ode.n)),
+                         what=f"{J} observations", key="observe.count", value=J)
+    if s["solver"] != "dopri5" and (abs(n - round(n)) > 1e-6 or round(n) % (J - 1)):
         raise sc.error(f"dt must divide [t0, t1] into a multiple of observe.count - 1 = "
                        f"{sc['observe']['count'] - 1} steps", key="solve.dt", value=s["dt"])
 
