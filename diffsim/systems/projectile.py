@@ -193,6 +193,12 @@ class Projectile(runtime.RuntimeBound):
             return (2 * s3 - 3 * s2 + 1) * x0 + (s3 - 2 * s2 + s) * m0 \
                 + (-2 * s3 + 3 * s2) * x1 + (s3 - s2) * m1
 
+        @ti.func
+        def hermite_rate(x0, x1, m0, m1, s):
+            """d/ds of :func:`hermite` (divide by dt for a rate per second)."""
+            s2 = s * s
+            return (6 * s2 - 6 * s) * (x0 - x1) + (3 * s2 - 4 * s + 1) * m0 + (3 * s2 - 2 * s) * m1
+
         @ti.kernel
         def launch():
             for b in range(B):
@@ -229,9 +235,12 @@ class Projectile(runtime.RuntimeBound):
                             s = impact_fraction(py, ny, dt * vy, dt * nvy)
                             ix = hermite(px, nx, dt * vx, dt * nvx, s)
                             iz = hermite(pz, nz, dt * vz, dt * nvz, s)
-                            ivx = vx + s * (nvx - vx)
-                            ivy = vy + s * (nvy - vy)
-                            ivz = vz + s * (nvz - vz)
+                            # impact velocity = derivative of the same Hermite cubic:
+                            # O(dt³), where a linear blend of the end velocities is O(dt²)
+                            # and made bounced landings first-order even with RK4
+                            ivx = hermite_rate(px, nx, dt * vx, dt * nvx, s) / dt
+                            ivy = hermite_rate(py, ny, dt * vy, dt * nvy, s) / dt
+                            ivz = hermite_rate(pz, nz, dt * vz, dt * nvz, s) / dt
                             # e = 0 kills the vertical velocity: the ball never leaves
                             # the ground again, so this impact is the landing (a bounce
                             # with e = 0 would re-land at the next step's start, on the
