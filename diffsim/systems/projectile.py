@@ -167,8 +167,8 @@ class Projectile(runtime.RuntimeBound):
             height 0, or a ball resting at y = 0 after a bounce) has the trivial root
             s = 0, which is the take-off, not an impact: the impact is then the root of
             the deflated cubic y(s)/s = m0(1-s)² + y1·s(3-2s) + m1·s(s-1)."""
-            s = 0.0
-            if y0 > 0.0 or m0 <= 0.0:
+            s = 0.0  # y0 = 0 and not going up: the impact is the step's start
+            if y0 > 0.0:
                 s = y0 / (y0 - y1)
                 for _ in ti.static(range(_NEWTON)):
                     s2 = s * s
@@ -178,7 +178,7 @@ class Projectile(runtime.RuntimeBound):
                     df = (6 * s2 - 6 * s) * y0 + (3 * s2 - 4 * s + 1) * m0 \
                         + (-6 * s2 + 6 * s) * y1 + (3 * s2 - 2 * s) * m1
                     s = ti.min(ti.max(s - f / df, 0.0), 1.0)
-            else:
+            elif m0 > 0.0:
                 s = m0 / (m0 - y1)
                 for _ in ti.static(range(_NEWTON)):
                     q = m0 * (1 - s) * (1 - s) + y1 * s * (3 - 2 * s) + m1 * s * (s - 1)
