@@ -166,38 +166,32 @@ class Projectile(runtime.RuntimeBound):
             A step that starts ON the ground going up (y0 = 0, m0 > 0: a launch from
             height 0, or a ball resting at y = 0 after a bounce) has the trivial root
             s = 0, which is the take-off, not an impact: the impact is then the root of
-            the deflated cubic y(s)/s = m0(1-s)² + y1·s(3-2s) + m1·s(s-1)."""
-            s = 0.0  # y0 = 0 and not going up: the impact is the step's start
-            if y0 > 0.0:
-                s = y0 / (y0 - y1)
-                for _ in ti.static(range(_NEWTON)):
-                    s2 = s * s
-                    s3 = s2 * s
-                    f = (2 * s3 - 3 * s2 + 1) * y0 + (s3 - 2 * s2 + s) * m0 \
-                        + (-2 * s3 + 3 * s2) * y1 + (s3 - s2) * m1
-                    df = (6 * s2 - 6 * s) * y0 + (3 * s2 - 4 * s + 1) * m0 \
-                        + (-6 * s2 + 6 * s) * y1 + (3 * s2 - 2 * s) * m1
-                    s = ti.min(ti.max(s - f / df, 0.0), 1.0)
-            elif m0 > 0.0:
-                s = m0 / (m0 - y1)
-                for _ in ti.static(range(_NEWTON)):
-                    q = m0 * (1 - s) * (1 - s) + y1 * s * (3 - 2 * s) + m1 * s * (s - 1)
-                    dq = -2 * m0 * (1 - s) + y1 * (3 - 4 * s) + m1 * (2 * s - 1)
-                    s = ti.min(ti.max(s - q / dq, 0.0), 1.0)
+            the deflated cubic y(s)/s. One Newton loop serves both (the deflated cubic's
+            coefficients are the cubic's shifted down), which keeps the reverse kernel's
+            compile time down. y0 = 0 going down: the impact is the step's start."""
+            # y(s) = ((c3·s + c2)·s + c1)·s + c0
+            c3 = 2 * y0 + m0 - 2 * y1 + m1
+            c2 = -3 * y0 - 2 * m0 + 3 * y1 - m1
+            a3, a2, a1, a0, num = c3, c2, m0, y0, y0
+            if y0 <= 0.0:
+                if m0 > 0.0:
+                    a3, a2, a1, a0, num = 0.0, c3, c2, m0, m0
+                else:
+                    a3, a2, a1, a0, num = 0.0, 0.0, 1.0, 0.0, 0.0  # p(s) = s: root 0
+            s = num / (num - y1)
+            for _ in ti.static(range(_NEWTON)):
+                f = ((a3 * s + a2) * s + a1) * s + a0
+                df = (3 * a3 * s + 2 * a2) * s + a1
+                s = ti.min(ti.max(s - f / df, 0.0), 1.0)
             return s
 
         @ti.func
         def hermite(x0, x1, m0, m1, s):
-            s2 = s * s
-            s3 = s2 * s
-            return (2 * s3 - 3 * s2 + 1) * x0 + (s3 - 2 * s2 + s) * m0 \
-                + (-2 * s3 + 3 * s2) * x1 + (s3 - s2) * m1
-
-        @ti.func
-        def hermite_rate(x0, x1, m0, m1, s):
-            """d/ds of :func:`hermite` (divide by dt for a rate per second)."""
-            s2 = s * s
-            return (6 * s2 - 6 * s) * (x0 - x1) + (3 * s2 - 4 * s + 1) * m0 + (3 * s2 - 2 * s) * m1
+            """Cubic Hermite through (x0, slope m0) at s=0 and (x1, m1) at s=1: its value
+            and d/ds (divide by dt for a rate per second)."""
+            d3 = 2 * (x0 - x1) + m0 + m1
+            d2 = 3 * (x1 - x0) - 2 * m0 - m1
+            return ti.Vector([((d3 * s + d2) * s + m0) * s + x0, (3 * d3 * s + 2 * d2) * s + m0])
 
         @ti.kernel
         def launch():
@@ -233,14 +227,15 @@ class Projectile(runtime.RuntimeBound):
                         nx, ny, nz, nvx, nvy, nvz = q[0], q[1], q[2], q[3], q[4], q[5]
                         if ny < 0.0:
                             s = impact_fraction(py, ny, dt * vy, dt * nvy)
-                            ix = hermite(px, nx, dt * vx, dt * nvx, s)
-                            iz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                            hx = hermite(px, nx, dt * vx, dt * nvx, s)
+                            ix, iz, ivz = hx[0], pz, vz
+                            if ti.static(dims3):
+                                hz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                                iz, ivz = hz[0], hz[1] / dt
                             # impact velocity = derivative of the same Hermite cubic:
                             # O(dt³), where a linear blend of the end velocities is O(dt²)
                             # and made bounced landings first-order even with RK4
-                            ivx = hermite_rate(px, nx, dt * vx, dt * nvx, s) / dt
-                            ivy = hermite_rate(py, ny, dt * vy, dt * nvy, s) / dt
-                            ivz = hermite_rate(pz, nz, dt * vz, dt * nvz, s) / dt
+                            ivx = hx[1] / dt
                             # e = 0 kills the vertical velocity: the ball never leaves
                             # the ground again, so this impact is the landing (a bounce
                             # with e = 0 would re-land at the next step's start, on the
@@ -251,6 +246,7 @@ class Projectile(runtime.RuntimeBound):
                                 # the state is continuous in the impact phase s (a
                                 # remainder without gravity gave a sawtooth objective).
                                 r = (1.0 - s) * dt
+                                ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
                                 nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
                                 nvx, nvy, nvz = q2[3], q2[4], q2[5]
