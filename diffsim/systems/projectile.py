@@ -385,6 +385,25 @@ class Projectile(runtime.RuntimeBound):
         self._forward_version = self._version
         return val
 
+    def refined_outputs(self, factor=2):
+        """:meth:`outputs` of the same batch simulated with steps of ``dt/factor`` over
+        the same horizon (forward only: no autodiff stack, so a segment may run
+        ``factor`` × as many steps). The last forward pass's tape is invalidated."""
+        self._check_runtime()
+        if not (isinstance(factor, int) and factor >= 1):
+            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
+        self._check_stability()
+        k = self._k
+        k["clear"]()
+        k["launch"]()
+        for i, (t0, n) in enumerate(self.segs):
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
+        k["finish"]()
+        self._forward_version = None
+        o = self.outputs()
+        o["steps_per_arc"] *= factor
+        return o
+
     def horizon_problem(self):
         """After a forward pass: None when every cannon landed, else a sentence saying how
         many had not by the horizon and about how many steps would let them land."""

@@ -190,7 +190,6 @@ class CannonProblem(Problem):
         self.sim = Projectile(self.B, steps=steps, dt=self.dt, dims=self.dims,
                               integrator=self.integrator, bounces=self.bounces)
         self.sim.set_inputs(target_x=self.targets_x, target_z=self.targets_z)
-        self._fine = None  # the same batch at dt/2, built on first use (model_error)
         self._load(self.params.vector)
         self._arc_done = False
 
@@ -257,13 +256,7 @@ class CannonProblem(Problem):
         if coarse is None:
             self._objective(x)
             coarse = self.sim.outputs()
-        if self._fine is None:
-            self._fine = Projectile(self.B, steps=2 * self.sim.steps, dt=self.dt / 2,
-                                    dims=self.dims, integrator=self.integrator,
-                                    bounces=self.bounces)
-        self._fine.set_inputs(**self.sim.get_inputs())
-        self._fine.forward(self.objective_type, self.maximize, strict=False)
-        fine = self._fine.outputs()
+        fine = self.sim.refined_outputs(2)
         p = self._order()
         d = np.hypot(coarse["land_x"] - fine["land_x"], coarse["land_z"] - fine["land_z"])
         return d * 2 ** p / (2 ** p - 1)
