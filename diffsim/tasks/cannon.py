@@ -180,8 +180,12 @@ class CannonProblem(Problem):
             t_max, key, value = sim["t_max"], "sim.t_max", sim["t_max"]
         else:
             t_max = self._auto_t_max(vmax, ph["gravity"], hmax)
-            key = "optimize.bounds.speed" if "speed" in free else "launch.speed"
-            value = vmax
+            if math.sqrt(2 * ph["gravity"] * hmax) > vmax:  # the fall from the height dominates
+                key = "optimize.bounds.height" if "height" in free else "launch.height"
+                value = hmax
+            else:
+                key = "optimize.bounds.speed" if "speed" in free else "launch.speed"
+                value = vmax
         nsteps = t_max / self.dt  # a float: 1e300 m/s must not reach math.ceil
         runtime.check_memory(Projectile.nbytes(self.B, min(nsteps, 1e300)) if math.isfinite(nsteps) else math.inf,
                              what=f"{self.B} cannon(s) over t_max/dt = {t_max:.3g} s / {self.dt:g} s "
@@ -196,8 +200,8 @@ class CannonProblem(Problem):
     def _auto_t_max(self, vmax, g, h):
         # Vacuum flight time at the highest speed, ×(bounces+1), with margin. Drag shortens
         # most flights; one that ends later is flagged (landed = False) and warned about.
-        with np.errstate(over="ignore"):
-            t = (vmax + math.sqrt(float(np.float64(vmax) ** 2) + 2 * g * h)) / g
+        # hypot: a speed of 1e300 m/s gives a huge flight time, not an overflow
+        t = (vmax + math.hypot(vmax, math.sqrt(2 * g * h))) / g
         return 1.2 * t * (self.bounces + 1) + 10 * self.dt
 
     # -- parameters -> simulator -----------------------------------------------------
