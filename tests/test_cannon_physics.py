@@ -180,6 +180,7 @@ def test_model_error_estimates_the_true_error_and_status_words_are_honest():
     # hit by the simulation, but its model error (0.22 m) exceeds the 1 mm tolerance
     res, rep = pb.aim(optimizer="lbfgs")
     assert rep["miss"][0] < 1e-3 and not rep["hit"][0] and not rep["success"]
+    assert rep["status"] == "model_error_above_tolerance"
     assert "model error" in rep["message"] and "sim.dt" in rep["message"]
 
 

@@ -66,7 +66,8 @@ SCHEMA = {
         "gravity": Key("float", 9.81, "m/s², downward", lo=0.0, lo_open=True),
         "drag": Key("float", 0.0, "quadratic drag per unit mass k [1/m]: a = -k|v-w|(v-w)", lo=0.0),
         "wind": Key("floats", [0.0], "horizontal wind [m/s]: [wx] or [wx, wz]", length={1, 2}),
-        "restitution": Key("float", 0.5, "vertical coefficient of restitution", lo=0.0, hi=1.0),
+        "restitution": Key("float", 0.5, "vertical coefficient of restitution; 0: the first impact is the landing",
+                           lo=0.0, hi=1.0),
         "bounces": Key("int", 0, "impacts that bounce before the landing", lo=0, hi=100),
     },
     "launch": {
@@ -87,7 +88,7 @@ SCHEMA = {
         "x": Key("floats", [100.0], "target x per cannon [m]", length=None),
         "z": Key("floats", [], "target z per cannon [m] (3D; default 0)"),
         "arc": Key("str", "low", "which solution: low, high or any", choices=("low", "high", "any")),
-        "tolerance": Key("float", 1e-3, "a target counts as hit when the miss is below this [m]",
+        "tolerance": Key("float", 1e-3, "a target counts as hit when miss + model error is below this [m]",
                          lo=0.0, lo_open=True),
     },
     "objective": {
@@ -432,8 +433,9 @@ class CannonProblem(Problem):
         model error < tolerance. A target not hit is ``reachable = False`` (status
         "unreachable") only when proved outside the reachable landing interval
         (``min_range``, ``max_range``); otherwise the message says the optimiser did not
-        converge within its iterations, or that the model error is too large for the
-        tolerance, and what to change.
+        converge within its iterations (status stays e.g. "max_iterations"), or that the
+        model error is too large for the tolerance (status
+        "model_error_above_tolerance"), and what to change.
         """
         self._prepare_arcs()
         n_iter = iterations or self.opt_cfg["iterations"]
@@ -530,8 +532,10 @@ class CannonProblem(Problem):
         out = {"message": "; ".join(parts), "reachable": reachable}
         if reach is not None:
             out["min_range"], out["max_range"] = reach
-        if res.status != "interrupted" and not not_conv and not model:
-            out["status"] = "unreachable"
+        # the optimiser's own status stays when it explains the miss (out of iterations,
+        # interrupted); otherwise the status names the reason
+        if res.status != "interrupted" and not not_conv:
+            out["status"] = "model_error_above_tolerance" if model else "unreachable"
         return out
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
