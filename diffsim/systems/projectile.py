@@ -228,14 +228,23 @@ class Projectile(runtime.RuntimeBound):
                         if ny < 0.0:
                             s = impact_fraction(py, ny, dt * vy, dt * nvy)
                             hx = hermite(px, nx, dt * vx, dt * nvx, s)
-                            ix, iz, ivz = hx[0], pz, vz
+                            ix, iz = hx[0], pz
+                            # Impact velocity. RK4: the derivative of the same Hermite
+                            # cubic, O(dt³) (a linear blend of the end velocities is O(dt²)
+                            # and made bounced landings first-order). Euler methods: their
+                            # chord is not the cubic's, whose derivative then jumps in slope
+                            # when an impact crosses a step boundary (objective kinks
+                            # measured 10× the true slope), so the linear blend, first-
+                            # order like the method.
+                            ivx = vx + s * (nvx - vx)
+                            ivz = vz + s * (nvz - vz)
+                            if ti.static(integ == "rk4"):
+                                ivx = hx[1] / dt
                             if ti.static(dims3):
                                 hz = hermite(pz, nz, dt * vz, dt * nvz, s)
-                                iz, ivz = hz[0], hz[1] / dt
-                            # impact velocity = derivative of the same Hermite cubic:
-                            # O(dt³), where a linear blend of the end velocities is O(dt²)
-                            # and made bounced landings first-order even with RK4
-                            ivx = hx[1] / dt
+                                iz = hz[0]
+                                if ti.static(integ == "rk4"):
+                                    ivz = hz[1] / dt
                             # e = 0 kills the vertical velocity: the ball never leaves
                             # the ground again, so this impact is the landing (a bounce
                             # with e = 0 would re-land at the next step's start, on the
@@ -246,7 +255,9 @@ class Projectile(runtime.RuntimeBound):
                                 # the state is continuous in the impact phase s (a
                                 # remainder without gravity gave a sawtooth objective).
                                 r = (1.0 - s) * dt
-                                ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                                ivy = vy + s * (nvy - vy)
+                                if ti.static(integ == "rk4"):
+                                    ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
                                 nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
                                 nvx, nvy, nvz = q2[3], q2[4], q2[5]
