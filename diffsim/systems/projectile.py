@@ -9,12 +9,22 @@ horizontal and ``azimuth`` [rad] from +x towards +z (3D only).
 Ground impact is an event located *inside* the step where y changes sign: the impact
 fraction s ∈ [0, 1] is the root of the cubic Hermite interpolant of y through the step's
 end points and velocities (exact when acceleration is constant, e.g. RK4 without drag),
-found by Newton iterations from the linear guess. Impact point, time and velocity are
-smooth functions of the state, so landing distance and flight time are differentiable
-in every parameter. A bounce reflects the vertical impact velocity with restitution e
-and spends the rest of the step moving away from the ground. After ``bounces`` bounces
-the next impact is the *landing*: the cannon stops and its landing point and time are
-the outputs. Derivatives are by Taichi's reverse-mode AD of these kernels.
+found by Newton iterations from the linear guess. A step that starts on the ground going
+up (a launch from height 0) takes off at s = 0; its impact is the root of the deflated
+cubic y(s)/s, so even a step longer than the whole flight lands in the right place.
+Impact point, time and velocity are smooth functions of the state, so landing distance
+and flight time are differentiable in every parameter. A bounce reflects the vertical
+impact velocity with restitution e > 0 and spends the rest of the step moving away from
+the ground (with RK4 the impact velocity is the Hermite cubic's derivative, third order).
+An impact with e = 0, or after ``bounces`` bounces, is the *landing*: the cannon stops
+and its landing point and time are the outputs. Derivatives are by Taichi's reverse-mode
+AD of these kernels.
+
+Trust. ``forward`` refuses (SimulationError) a cannon still flying at the horizon
+``steps·dt`` and a landing resolved by fewer than MIN_STEPS_PER_ARC steps per arc, unless
+``strict=False``; :meth:`Projectile.refined_outputs` re-runs at dt/2 for step-doubling
+error estimates. ``backward`` refuses a missing or stale forward pass and never
+accumulates.
 
 The time loop is fused into one kernel launch per segment of at most
 ``runtime.MAX_FUSED_STEPS`` steps, parallel over the batch; segment boundary states are
