@@ -44,7 +44,8 @@ def trajectories_figure(snapshots, targets_x, title="trajectories across iterati
         for b in range(tr.shape[1]):
             ax.plot(tr[:, b, 0], tr[:, b, 1], color=cmap(norm(it)), lw=1.8 if last else 1.0,
                     alpha=1.0 if last else 0.75,
-                    label=(f"iteration {it}" if last else None) if b == 0 else None)
+                    label=((f"iteration {it}" if len(drawn) > 1 else "trajectory") if last else None)
+                    if b == 0 else None)
     ax.scatter(targets_x, np.zeros_like(targets_x), marker="x", s=80, color="crimson",
                zorder=5, label="target", clip_on=False)
     ax.axhline(0, color="0.4", lw=0.8)
