@@ -465,19 +465,26 @@ class CannonProblem(Problem):
 
     def _reach_interval(self):
         """[lowest, highest] signed landing distance [m] per cannon that the free launch
-        parameters can reach, or None where it cannot be proved here (2D with only angle
-        and/or speed free). Range is unimodal in the elevation (maximum at the golden-
-        section angle a*) and increases with speed, so the extremes lie at the bounds."""
+        parameters can reach, or None where it is not established here. Established for
+        2D with only the angle free, or angle and speed without a head wind (then the
+        range grows with speed, so its extremes are at the speed bounds). The range is
+        unimodal in the elevation: its maximum is at the golden-section angle a*, its
+        minimum at an angle bound; a grid of 65 angles backs both up."""
         free = set(self.opt_cfg["params"])
         if self.dims != 2 or not free or not free <= {"angle", "speed"}:
             return None
         saved = self.sim.get_inputs()
+        if "speed" in free and np.any(saved["wind_x"] < 0):
+            return None
         x0 = saved["x0"]
+        landed = [True]
 
         def rng(angle, speed):
             self.sim.set_inputs(angle=angle, speed=speed)
             self.sim.forward("range", strict=False)
-            return self.sim.outputs()["land_x"] - x0
+            o = self.sim.outputs()
+            landed[0] &= bool(o["landed"].all())
+            return o["land_x"] - x0
 
         def bounds(n):
             ps = [self.params[self._pname(n, b)] for b in range(self.B)]
@@ -488,12 +495,15 @@ class CannonProblem(Problem):
 
         (a_lo, a_hi), (v_lo, v_hi) = bounds("angle"), bounds("speed")
         a_star, _ = self.max_range_angle(v_hi)
-        self.sim.set_inputs(**saved)
         lo = np.minimum(rng(a_lo, v_lo), rng(a_hi, v_lo))
-        hi = rng(np.clip(a_star, a_lo, a_hi), v_hi)
-        hi = np.maximum(hi, np.maximum(rng(a_lo, v_hi), rng(a_hi, v_hi)))
+        hi = np.maximum(rng(np.clip(a_star, a_lo, a_hi), v_hi),
+                        np.maximum(rng(a_lo, v_hi), rng(a_hi, v_hi)))
+        for t in np.linspace(0, 1, 65)[1:-1]:
+            a = a_lo + t * (a_hi - a_lo)
+            lo = np.minimum(lo, rng(a, v_lo))
+            hi = np.maximum(hi, rng(a, v_hi))
         self.sim.set_inputs(**saved)
-        return lo, hi
+        return (lo, hi) if landed[0] else None
 
     def _explain_misses(self, res, o, n_iter):
         """Message, status and per-target ``reachable`` for targets not hit: unreachable
@@ -504,7 +514,8 @@ class CannonProblem(Problem):
         reachable = np.ones(self.B, dtype=bool)
         parts, not_conv, model = [], [], []
         for i in np.nonzero(~(miss + err < tol))[0]:
-            if reach is not None and not (reach[0][i] - tol <= d[i] <= reach[1][i] + tol):
+            margin = tol + err[i]
+            if reach is not None and not (reach[0][i] - margin <= d[i] <= reach[1][i] + margin):
                 reachable[i] = False
                 parts.append(f"target {i} at {self.targets_x[i]:.6g} m is unreachable within the "
                              f"parameter bounds: the reachable landings are "
@@ -527,8 +538,8 @@ class CannonProblem(Problem):
                 f"{res.status}); raise optimize.iterations (now {n_iter}) or use "
                 "optimize.optimizer = 'lbfgs'"
                 + ("" if reach is not None else
-                   "; whether it is reachable was not determined (only 2D angle/speed "
-                   "optimisations are checked)"))
+                   "; whether it is reachable was not determined (it is for 2D scenes "
+                   "optimising the angle, or angle and speed without a head wind)"))
         out = {"message": "; ".join(parts), "reachable": reachable}
         if reach is not None:
             out["min_range"], out["max_range"] = reach
