@@ -21,27 +21,46 @@ def _save(fig, out, name):
     return path
 
 
-def trajectories_figure(snapshots, targets_x, title="trajectories across iterations"):
-    """snapshots: list of (iteration, positions (T, B, 3)); coloured by iteration."""
+def _pick(n_items, k):
+    """Indices of at most ``k`` items out of ``n_items``, evenly spaced, first and last kept."""
+    if n_items <= k:
+        return list(range(n_items))
+    return sorted(set(np.round(np.linspace(0, n_items - 1, k)).astype(int).tolist()))
+
+
+def trajectories_figure(snapshots, targets_x, title="trajectories across iterations", max_drawn=6):
+    """snapshots: list of (iteration, positions (T, B, 3)); at most ``max_drawn`` of them,
+    evenly spaced, are drawn, coloured by iteration (colour bar). y starts at the ground."""
     plt = _plt()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     fig, ax = plt.subplots(figsize=(8, 4.5))
     cmap = plt.get_cmap("viridis")
-    n = max(len(snapshots) - 1, 1)
-    for k, (it, tr) in enumerate(snapshots):
-        c = cmap(k / n)
+    drawn = [snapshots[i] for i in _pick(len(snapshots), max_drawn)]
+    its = [it for it, _ in drawn]
+    norm = Normalize(vmin=min(its), vmax=max(max(its), min(its) + 1))
+    for k, (it, tr) in enumerate(drawn):
+        last = k == len(drawn) - 1
         for b in range(tr.shape[1]):
-            ax.plot(tr[:, b, 0], tr[:, b, 1], color=c, lw=1.4 if k == len(snapshots) - 1 else 0.9,
-                    label=f"iteration {it}" if b == 0 else None)
+            ax.plot(tr[:, b, 0], tr[:, b, 1], color=cmap(norm(it)), lw=1.8 if last else 1.0,
+                    alpha=1.0 if last else 0.75,
+                    label=((f"iteration {it}" if len(drawn) > 1 else "trajectory") if last else None)
+                    if b == 0 else None)
     ax.scatter(targets_x, np.zeros_like(targets_x), marker="x", s=80, color="crimson",
-               zorder=5, label="target")
+               zorder=5, label="target", clip_on=False)
     ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xlabel("x [m]")
     ax.set_ylabel("height y [m]")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
-    ax.set_aspect("equal", adjustable="datalim")
-    top = max(float(np.max(tr[:, :, 1])) for _, tr in snapshots)
-    ax.set_ylim(-0.05 * top, 1.15 * top)
+    if len(drawn) > 1:
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="iteration", pad=0.01)
+    ax.legend(fontsize=8, loc="upper left")
+    # Equal scales in x and y, without the "datalim" aspect that overrode the limits below
+    # (and warned); the ground is the bottom edge: nothing is drawn below it.
+    top = max(float(np.max(tr[:, :, 1])) for _, tr in drawn)
+    xs = np.concatenate([tr[:, :, 0].ravel() for _, tr in drawn] + [np.asarray(targets_x, float)])
+    ax.set_xlim(min(0.0, xs.min()), xs.max() * 1.03 + 1e-9)
+    ax.set_ylim(0.0, 1.12 * top if top > 0 else 1.0)
     return fig
 
 
@@ -58,32 +77,76 @@ def loss_figure(history, ylabel="objective"):
     return fig
 
 
-def landscape_figure(problem, path_x=None, n=41, angle_range=None, speed_range=None, cannon=0):
-    """Objective over (angle, speed) for one cannon as contours, the (descent) gradient
-    field as arrows and the optimiser's path. Gradients come from the problem's method."""
+def _cannon_objective(problem, f, cannon):
+    """Cannon ``cannon``'s own share of the objective after an evaluation (½·miss² for the
+    miss objective; the batch objective otherwise)."""
+    if problem.objective_type == "miss" and not problem.maximize and problem.B > 1:
+        return float(problem._last_miss2[cannon])
+    return f
+
+
+def landscape_1d_figure(problem, i, path_x=None, span=None, n=61, cannon=0):
+    """Objective along parameter index ``i`` (the only one optimised) with the gradient
+    drawn as tangent ticks at a dozen points and the optimiser's iterates on the curve."""
     plt = _plt()
-    names = problem.params.names
-    ai = names.index("angle" if problem.B == 1 else f"angle[{cannon}]")
-    si = names.index("speed" if problem.B == 1 else f"speed[{cannon}]")
+    name = problem.params.names[i]
+    x0 = problem.x0()
+    lo, hi = span
+    T = np.linspace(lo, hi, n)
+    F, G = np.zeros(n), np.zeros(n)
+    for j, t in enumerate(T):
+        x = x0.copy()
+        x[i] = t
+        f, g = problem.value_and_grad(x)
+        F[j], G[j] = _cannon_objective(problem, f, cannon), g[i]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(T, F, color="0.2", lw=1.4, label="objective")
+    half = 0.35 * (hi - lo) / 12
+    for j in _pick(n, 12):
+        ax.plot([T[j] - half, T[j] + half], [F[j] - G[j] * half, F[j] + G[j] * half],
+                color="tab:orange", lw=2, label="gradient (tangent)" if j == 0 else None)
+    if path_x is not None and len(path_x):
+        P = np.asarray(path_x)[:, i]
+        Fp = np.interp(P, T, F)
+        sc = ax.scatter(P, Fp, c=np.arange(len(P)), cmap="viridis", s=14, zorder=4,
+                        label="optimiser iterates")
+        fig.colorbar(sc, ax=ax, label="iteration", pad=0.01)
+        ax.plot(P[-1], Fp[-1], "*", ms=14, color="crimson", zorder=5, label="result")
+    ax.set_ylim(min(0.0, F.min()), F.max() * 1.05 if F.max() > 0 else 1.0)
+    unit = problem.params[name].unit
+    ax.set_xlabel(f"{name} [{unit}]" if unit else name)
+    ax.set_ylabel("½·miss² [m²]" if problem.objective_type == "miss" else "objective")
+    ax.set_title(f"objective along {name}, its gradient and the optimiser's iterates")
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def landscape_figure(problem, path_x=None, n=41, angle_range=None, speed_range=None, cannon=0,
+                     names=None):
+    """Objective over two parameters of one cannon (default angle × speed) as contours,
+    the (descent) gradient field as arrows and the optimiser's path. Gradients come from
+    the problem's method; ranges are (low, high) per parameter."""
+    plt = _plt()
+    pn = problem.params.names
+    nm = names or [("angle" if problem.B == 1 else f"angle[{cannon}]"),
+                   ("speed" if problem.B == 1 else f"speed[{cannon}]")]
+    ai, si = pn.index(nm[0]), pn.index(nm[1])
     x0 = problem.x0()
     a_lo, a_hi = angle_range or (0.05, 1.5)
     v = x0[si]
     s_lo, s_hi = speed_range or (max(1.0, 0.6 * v), 1.4 * v)
     A = np.linspace(a_lo, a_hi, n)
     V = np.linspace(s_lo, s_hi, n)
-    # evaluate the whole grid in batches of the problem's B cannons: one row at a time
     Z = np.zeros((n, n))
     GA = np.zeros((n, n))
     GV = np.zeros((n, n))
-    sim = problem.sim
-    saved = sim.get_inputs()
     for i, sp in enumerate(V):
         for j, an in enumerate(A):
             x = x0.copy()
             x[ai], x[si] = an, sp
             f, g = problem.value_and_grad(x)
-            Z[i, j], GA[i, j], GV[i, j] = f, g[ai], g[si]
-    sim.set_inputs(**saved)
+            Z[i, j], GA[i, j], GV[i, j] = _cannon_objective(problem, f, cannon), g[ai], g[si]
     fig, ax = plt.subplots(figsize=(7, 5))
     cs = ax.contourf(A, V, np.log10(np.maximum(Z, 1e-12)), levels=30, cmap="magma_r")
     fig.colorbar(cs, ax=ax, label="log10 objective")
@@ -100,8 +163,9 @@ def landscape_figure(problem, path_x=None, n=41, angle_range=None, speed_range=N
         ax.plot(P[:, ai], P[:, si], "-o", ms=2, color="cyan", lw=1.2, label="optimiser path")
         ax.plot(P[-1, ai], P[-1, si], "*", ms=12, color="lime", label="result")
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("elevation angle [rad]")
-    ax.set_ylabel("launch speed [m/s]")
+    ua_, us_ = problem.params[pn[ai]].unit, problem.params[pn[si]].unit
+    ax.set_xlabel(f"{pn[ai]} [{ua_}]" if ua_ else pn[ai])
+    ax.set_ylabel(f"{pn[si]} [{us_}]" if us_ else pn[si])
     ax.set_title("objective landscape, descent directions and path")
     return fig
 
@@ -113,21 +177,40 @@ def cannon_run_plots(problem, out):
 
 
 def cannon_optimization_plots(problem, result, snapshots, out):
+    """trajectories.png (a handful of iterations, evenly spaced), loss.png and, in 2D,
+    landscape.png along the optimised launch parameter(s) of cannon 0: a 1-D curve with
+    gradient tangents when one is optimised, a 2-D field for two or more."""
+    path = result.history.x
+    if path is not None and len(path) > 1:
+        picks = _pick(len(path), 6)
+        snapshots = [(j, problem.trajectories(path[j])) for j in picks]
+        if picks[-1] != result.iterations:
+            snapshots.append((result.iterations, problem.trajectories(result.x)))
     files = [_save(trajectories_figure(snapshots, problem.targets_x), out, "trajectories.png"),
              _save(loss_figure(result.history, "½·miss² [m²]" if problem.objective_type == "miss"
                                else "objective"), out, "loss.png")]
-    if problem.dims == 2 and "angle" in problem.opt_cfg["params"]:
+    names = problem.params.names
+    free = [n for n in problem.opt_cfg["params"] if n in ("angle", "speed", "height", "azimuth")]
+    free_all = list(problem.opt_cfg["params"])
+    if problem.dims == 2 and free_all:
         x_best = result.x.copy()
-        path = result.history.x
-        names = problem.params.names
-        ai = names.index("angle" if problem.B == 1 else "angle[0]")
-        si = names.index("speed" if problem.B == 1 else "speed[0]")
-        vals = np.array([p[ai] for p in path] + [problem.params.lower[ai], problem.params.upper[ai]])
-        sp = np.array([p[si] for p in path])
-        fig = landscape_figure(problem, path, n=25,
-                               angle_range=(max(0.02, vals.min() - 0.15), min(1.55, vals.max() + 0.15)),
-                               speed_range=(max(1.0, 0.7 * sp.min()), 1.3 * sp.max()))
+        cols = [names.index(n if problem.B == 1 or n not in problem._launch_names else f"{n}[0]")
+                for n in (free + [n for n in free_all if n not in free])]
+        P = np.asarray(path) if path is not None and len(path) else x_best[None]
+
+        def span(i):
+            p = problem.params.items[i]
+            lo, hi = min(p.lower, P[:, i].min()), max(p.upper, P[:, i].max())
+            return lo, hi
+
+        if len(cols) == 1:
+            fig = landscape_1d_figure(problem, cols[0], P, span=span(cols[0]))
+        else:
+            a, b = cols[:2]
+            fig = landscape_figure(problem, P, n=25, angle_range=span(a), speed_range=span(b),
+                                   names=[names[a], names[b]])
         problem.set(x_best)
+        problem.objective(x_best)
         files.append(_save(fig, out, "landscape.png"))
     return files
 

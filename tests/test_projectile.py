@@ -30,7 +30,8 @@ def fd_grad(sim, name, objective, h=1e-6):
 
 @pytest.fixture(scope="module")
 def bouncy():
-    """Four cannons with drag, wind and one bounce, over 2 segments (> MAX_FUSED_STEPS)."""
+    """Four cannons with drag, wind and one bounce, over 2 segments (> MAX_FUSED_STEPS);
+    RK4 (the default)."""
     sim = Projectile(4, steps=900, dt=0.01, bounces=1)
     sim.set_inputs(speed=[40, 30, 20, 50], angle=[0.7, 0.5, 1.0, 0.3], height=[0, 2, 5, 1],
                    drag=[0.0, 0.001, 0.002, 0.003], wind_x=[2.0, -3.0, 1.0, 4.0],
@@ -88,7 +89,7 @@ def test_range_and_gradients_match_vacuum_closed_form(vacuum):
 def test_symplectic_euler_converges_to_the_closed_form_at_first_order():
     errs = []
     for dt in (0.02, 0.01, 0.005):
-        sim = Projectile(1, steps=int(round(6 / dt)), dt=dt)
+        sim = Projectile(1, steps=int(round(6 / dt)), dt=dt, integrator="symplectic_euler")
         sim.set_inputs(speed=30.0, angle=0.7, gravity=G)
         sim.forward("range")
         errs.append(abs(sim.outputs()["land_x"][0] - 900 * math.sin(1.4) / G))
@@ -97,7 +98,7 @@ def test_symplectic_euler_converges_to_the_closed_form_at_first_order():
 
 
 def test_3d_gradients_including_azimuth_and_cross_wind():
-    sim = Projectile(2, steps=600, dt=0.01, dims=3)
+    sim = Projectile(2, steps=600, dt=0.01, dims=3, integrator="symplectic_euler")
     sim.set_inputs(speed=[30, 40], angle=[0.6, 0.4], azimuth=[0.3, -0.5], drag=0.002,
                    wind_x=2.0, wind_z=[-3.0, 1.5], gravity=G, target_x=60.0, target_z=20.0)
     sim.forward("miss")

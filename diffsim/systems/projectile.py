@@ -9,12 +9,22 @@ horizontal and ``azimuth`` [rad] from +x towards +z (3D only).
 Ground impact is an event located *inside* the step where y changes sign: the impact
 fraction s ∈ [0, 1] is the root of the cubic Hermite interpolant of y through the step's
 end points and velocities (exact when acceleration is constant, e.g. RK4 without drag),
-found by Newton iterations from the linear guess. Impact point, time and velocity are
-smooth functions of the state, so landing distance and flight time are differentiable
-in every parameter. A bounce reflects the vertical impact velocity with restitution e
-and spends the rest of the step moving away from the ground. After ``bounces`` bounces
-the next impact is the *landing*: the cannon stops and its landing point and time are
-the outputs. Derivatives are by Taichi's reverse-mode AD of these kernels.
+found by Newton iterations from the linear guess. A step that starts on the ground going
+up (a launch from height 0) takes off at s = 0; its impact is the root of the deflated
+cubic y(s)/s, so even a step longer than the whole flight lands in the right place.
+Impact point, time and velocity are smooth functions of the state, so landing distance
+and flight time are differentiable in every parameter. A bounce reflects the vertical
+impact velocity with restitution e > 0 and spends the rest of the step moving away from
+the ground (with RK4 the impact velocity is the Hermite cubic's derivative, third order).
+An impact with e = 0, or after ``bounces`` bounces, is the *landing*: the cannon stops
+and its landing point and time are the outputs. Derivatives are by Taichi's reverse-mode
+AD of these kernels.
+
+Trust. ``forward`` refuses (SimulationError) a cannon still flying at the horizon
+``steps·dt`` and a landing resolved by fewer than MIN_STEPS_PER_ARC steps per arc, unless
+``strict=False``; :meth:`Projectile.refined_outputs` re-runs at dt/2 for step-doubling
+error estimates. ``backward`` refuses a missing or stale forward pass and never
+accumulates.
 
 The time loop is fused into one kernel launch per segment of at most
 ``runtime.MAX_FUSED_STEPS`` steps, parallel over the batch; segment boundary states are
@@ -41,23 +51,34 @@ OBJECTIVES = ("miss", "range", "flight_time")
 (I_X0, I_HEIGHT, I_Z0, I_SPEED, I_ANGLE, I_AZIMUTH, I_GRAVITY, I_DRAG, I_WIND_X, I_WIND_Z,
  I_RESTITUTION, I_TARGET_X, I_TARGET_Z) = range(len(INPUTS))
 O_LAND_X, O_LAND_Z, O_LAND_T = range(len(OUTPUTS))
-_NEWTON = 4
+_NEWTON = 4  # 6 made the RK4 reverse kernel segfault (autodiff stack on the native stack)
+#: A landing reached in fewer steps per arc than this is refused by ``forward(strict=True)``:
+#: the event and the integrator are then too coarse for a trustworthy answer.
+MIN_STEPS_PER_ARC = 16
 
 
 class Projectile(runtime.RuntimeBound):
     """B projectiles integrated together; gradients of a scalar objective by reverse AD.
 
     batch: number of cannons B. steps: fixed time steps of ``dt`` seconds each (the
-    horizon; a cannon that lands earlier stops). dims: 2 (x, y) or 3 (x, y, z).
-    integrator: "symplectic_euler" (default), "euler" or "rk4". bounces: impacts that
-    bounce before the one that lands.
+    horizon ``steps·dt``; a cannon that lands earlier stops). dims: 2 (x, y) or 3 (x, y, z).
+    integrator: "rk4" (default: 4th order, exact in vacuum), "symplectic_euler" or
+    "euler" (1st order). bounces: impacts that bounce before the one that lands; an
+    impact with restitution 0 is always the landing (the ball cannot leave the ground).
+
+    Defaults of the inputs: speed 30 m/s, angle 0.7 rad, gravity 9.81 m/s², everything
+    else 0 (no drag, no wind, restitution 0, launch at the origin).
+    :meth:`forward` refuses (SimulationError) a cannon still flying at the horizon or
+    landing within fewer than ``MIN_STEPS_PER_ARC`` steps per arc, unless ``strict=False``.
     """
 
     def __init__(self, batch=1, *, steps=1000, dt=0.01, dims=2,
-                 integrator="symplectic_euler", bounces=0):
+                 integrator="rk4", bounces=0):
         info = self._bind_runtime()
         if not (isinstance(batch, (int, np.integer)) and batch >= 1):
             raise DiffsimError(f"batch must be a positive integer, got {batch!r}")
+        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+            raise DiffsimError(f"steps must be a positive integer, got {steps!r}")
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise DiffsimError(f"dt must be a positive finite number of seconds, got {dt!r}")
         if integrator not in INTEGRATORS:
@@ -68,8 +89,11 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError(f"bounces must be an integer >= 0, got {bounces!r}")
         self.B, self.steps, self.dt, self.dims = int(batch), int(steps), float(dt), dims
         self.integrator, self.bounces = integrator, bounces
-        self.segs = runtime.segments(self.steps)
         real = info.real
+        runtime.check_memory(self.nbytes(self.B, self.steps, np.dtype(info.numpy_dtype).itemsize),
+                             what=f"a projectile batch of {self.B} cannons × {self.steps} steps",
+                             key="batch × steps", value=(self.B, self.steps))
+        self.segs = runtime.segments(self.steps)
         self.real, self.np_real = real, info.numpy_dtype
         B, K = self.B, len(self.segs)
         # Inputs and outputs are packed in one 2-D field each, so moving them between
@@ -84,10 +108,20 @@ class Projectile(runtime.RuntimeBound):
         self._traj = None
         self._dummy = ti.Vector.field(3, real, (1, 1))
         self._objective_kind = None
+        self._version = 0          # bumps on every set_inputs: backward() refuses stale tapes
+        self._forward_version = None
         self._compile()
         # sensible defaults so a bare Projectile runs
         self.set_inputs(speed=30.0, angle=0.7, gravity=9.81)
         self.weight.fill(1.0)
+
+    @staticmethod
+    def nbytes(batch, steps, real_bytes=8):
+        """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values and
+        gradients; the trajectory of :meth:`trace` is extra: (steps+1)·batch·3 reals)."""
+        k = -(-int(steps) // runtime.MAX_FUSED_STEPS)
+        per_cannon = 2 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
+        return float(batch) * (per_cannon + real_bytes)
 
     # -- kernels ---------------------------------------------------------------------
     def _compile(self):
@@ -137,25 +171,37 @@ class Projectile(runtime.RuntimeBound):
         @ti.func
         def impact_fraction(y0, y1, m0, m1):
             """Root s in [0,1] of the cubic Hermite y(s) with y(0)=y0>=0 > y1=y(1) and
-            end slopes m0, m1 (= dt·vy); Newton from the linear guess."""
-            s0 = y0 / (y0 - y1)
-            s = s0
+            end slopes m0, m1 (= dt·vy); Newton from the linear guess.
+
+            A step that starts ON the ground going up (y0 = 0, m0 > 0: a launch from
+            height 0, or a ball resting at y = 0 after a bounce) has the trivial root
+            s = 0, which is the take-off, not an impact: the impact is then the root of
+            the deflated cubic y(s)/s. One Newton loop serves both (the deflated cubic's
+            coefficients are the cubic's shifted down), which keeps the reverse kernel's
+            compile time down. y0 = 0 going down: the impact is the step's start."""
+            # y(s) = ((c3·s + c2)·s + c1)·s + c0
+            c3 = 2 * y0 + m0 - 2 * y1 + m1
+            c2 = -3 * y0 - 2 * m0 + 3 * y1 - m1
+            a3, a2, a1, a0, num = c3, c2, m0, y0, y0
+            if y0 <= 0.0:
+                if m0 > 0.0:
+                    a3, a2, a1, a0, num = 0.0, c3, c2, m0, m0
+                else:
+                    a3, a2, a1, a0, num = 0.0, 0.0, 1.0, 0.0, 0.0  # p(s) = s: root 0
+            s = num / (num - y1)
             for _ in ti.static(range(_NEWTON)):
-                s2 = s * s
-                s3 = s2 * s
-                f = (2 * s3 - 3 * s2 + 1) * y0 + (s3 - 2 * s2 + s) * m0 \
-                    + (-2 * s3 + 3 * s2) * y1 + (s3 - s2) * m1
-                df = (6 * s2 - 6 * s) * y0 + (3 * s2 - 4 * s + 1) * m0 \
-                    + (-6 * s2 + 6 * s) * y1 + (3 * s2 - 2 * s) * m1
+                f = ((a3 * s + a2) * s + a1) * s + a0
+                df = (3 * a3 * s + 2 * a2) * s + a1
                 s = ti.min(ti.max(s - f / df, 0.0), 1.0)
             return s
 
         @ti.func
         def hermite(x0, x1, m0, m1, s):
-            s2 = s * s
-            s3 = s2 * s
-            return (2 * s3 - 3 * s2 + 1) * x0 + (s3 - 2 * s2 + s) * m0 \
-                + (-2 * s3 + 3 * s2) * x1 + (s3 - s2) * m1
+            """Cubic Hermite through (x0, slope m0) at s=0 and (x1, m1) at s=1: its value
+            and d/ds (divide by dt for a rate per second)."""
+            d3 = 2 * (x0 - x1) + m0 + m1
+            d2 = 3 * (x1 - x0) - 2 * m0 - m1
+            return ti.Vector([((d3 * s + d2) * s + m0) * s + x0, (3 * d3 * s + 2 * d2) * s + m0])
 
         @ti.kernel
         def launch():
@@ -191,17 +237,37 @@ class Projectile(runtime.RuntimeBound):
                         nx, ny, nz, nvx, nvy, nvz = q[0], q[1], q[2], q[3], q[4], q[5]
                         if ny < 0.0:
                             s = impact_fraction(py, ny, dt * vy, dt * nvy)
-                            ix = hermite(px, nx, dt * vx, dt * nvx, s)
-                            iz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                            hx = hermite(px, nx, dt * vx, dt * nvx, s)
+                            ix, iz = hx[0], pz
+                            # Impact velocity. RK4: the derivative of the same Hermite
+                            # cubic, O(dt³) (a linear blend of the end velocities is O(dt²)
+                            # and made bounced landings first-order). Euler methods: their
+                            # chord is not the cubic's, whose derivative then jumps in slope
+                            # when an impact crosses a step boundary (objective kinks
+                            # measured 10× the true slope), so the linear blend, first-
+                            # order like the method.
                             ivx = vx + s * (nvx - vx)
-                            ivy = vy + s * (nvy - vy)
                             ivz = vz + s * (nvz - vz)
-                            if bounced < max_bounce:
+                            if ti.static(integ == "rk4"):
+                                ivx = hx[1] / dt
+                            if ti.static(dims3):
+                                hz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                                iz = hz[0]
+                                if ti.static(integ == "rk4"):
+                                    ivz = hz[1] / dt
+                            # e = 0 kills the vertical velocity: the ball never leaves
+                            # the ground again, so this impact is the landing (a bounce
+                            # with e = 0 would re-land at the next step's start, on the
+                            # time grid, with a wrong gradient).
+                            if bounced < max_bounce and e > 0.0:
                                 # The rest of the step starts at the impact with the
                                 # reflected velocity, integrated by the same method, so
                                 # the state is continuous in the impact phase s (a
                                 # remainder without gravity gave a sawtooth objective).
                                 r = (1.0 - s) * dt
+                                ivy = vy + s * (nvy - vy)
+                                if ti.static(integ == "rk4"):
+                                    ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
                                 nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
                                 nvx, nvy, nvz = q2[3], q2[4], q2[5]
@@ -267,8 +333,20 @@ class Projectile(runtime.RuntimeBound):
                     for f in ti.static(S):
                         f.grad[kk, b] = 0.0
 
+        @ti.kernel
+        def clear_grads():
+            loss.grad[None] = 0.0
+            for b in range(B):
+                for j in ti.static(range(len(INPUTS))):
+                    inp.grad[j, b] = 0.0
+                for j in ti.static(range(len(OUTPUTS))):
+                    out_f.grad[j, b] = 0.0
+                for kk in range(K + 1):
+                    for f in ti.static(S):
+                        f.grad[kk, b] = 0.0
+
         self._k = dict(launch=launch, segment=segment, finish=finish, objective=objective,
-                       clear=clear)
+                       clear=clear, clear_grads=clear_grads)
 
     # -- inputs / outputs ------------------------------------------------------------
     def set_inputs(self, **values) -> None:
@@ -279,20 +357,29 @@ class Projectile(runtime.RuntimeBound):
                 raise DiffsimError(f"unknown projectile input {name!r}; known: {', '.join(INPUTS)}")
         a = self.inp.to_numpy() if len(values) < len(INPUTS) else np.zeros((len(INPUTS), self.B))
         for name, v in values.items():
-            a[INPUTS.index(name)] = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.B,))
+            try:
+                a[INPUTS.index(name)] = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.B,))
+            except (ValueError, TypeError, OverflowError) as e:
+                raise DiffsimError(f"projectile input {name!r} must be a number or an array of "
+                                   f"{self.B} numbers: {e}") from None
         self.inp.from_numpy(a.astype(self.np_real))
+        self._version += 1
 
     def get_inputs(self):
         """Current inputs: name -> array (B,)."""
         a = self.inp.to_numpy().astype(np.float64)
         return {n: a[j] for j, n in enumerate(INPUTS)}
 
-    def forward(self, objective="miss", maximize=False) -> float:
+    def forward(self, objective="miss", maximize=False, *, strict=True) -> float:
         """Simulate every cannon; returns the batch objective (sum over cannons).
 
         objective: "miss" (½·squared distance from landing point to target, m²),
         "range" (horizontal landing distance from the launch point, m) or
         "flight_time" (s); ``maximize`` negates it.
+        strict: refuse (SimulationError) when a cannon is still flying at the horizon
+        (its "landing" would be its mid-air position at steps·dt) or landed within fewer
+        than MIN_STEPS_PER_ARC steps per arc. With ``strict=False`` those results are
+        returned; :meth:`outputs` flags them (``landed``, ``steps_per_arc``).
         """
         self._check_runtime()
         if objective not in OBJECTIVES:
@@ -306,12 +393,77 @@ class Projectile(runtime.RuntimeBound):
         k["finish"]()
         self._objective_args = (OBJECTIVES.index(objective), -1.0 if maximize else 1.0)
         k["objective"](*self._objective_args)
+        self._forward_version = None
         val = float(self.loss[None])
         if not math.isfinite(val):
             raise SimulationError(
                 f"the simulation produced {val} (it blew up): dt={self.dt} s may be too large "
                 "for this drag and speed, or a parameter is NaN; lower sim.dt or check the inputs")
+        if strict:
+            msg = self.horizon_problem() or self.resolution_problem()
+            if msg:
+                raise SimulationError(msg + " (forward(strict=False) returns it anyway)")
+        self._forward_version = self._version
         return val
+
+    def refined_outputs(self, factor=2):
+        """:meth:`outputs` of the same batch simulated with steps of ``dt/factor`` over
+        the same horizon (forward only: no autodiff stack, so a segment may run
+        ``factor`` × as many steps). The last forward pass's tape is invalidated."""
+        self._check_runtime()
+        if not (isinstance(factor, int) and factor >= 1):
+            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
+        self._check_stability()
+        k = self._k
+        k["clear"]()
+        k["launch"]()
+        for i, (t0, n) in enumerate(self.segs):
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
+        k["finish"]()
+        self._forward_version = None
+        o = self.outputs()
+        o["steps_per_arc"] *= factor
+        return o
+
+    def horizon_problem(self):
+        """After a forward pass: None when every cannon landed, else a sentence saying how
+        many had not by the horizon and about how many steps would let them land."""
+        K = len(self.segs)
+        flying = self.alive.to_numpy()[K] == 1
+        if not flying.any():
+            return None
+        t_end = self.steps * self.dt
+        y = self.state[1].to_numpy()[K].astype(np.float64)[flying]
+        vy = self.state[4].to_numpy()[K].astype(np.float64)[flying]
+        a = self.inp.to_numpy().astype(np.float64)
+        g = a[I_GRAVITY][flying]
+        left = self.bounces - self.nbounce.to_numpy()[K][flying] + 1
+        # vacuum time to come down from here, and each bounce left like the first
+        # launch; drag slows the fall, hence the 1.5 margin ("about")
+        with np.errstate(all="ignore"):
+            t_rem = np.where(g > 0, (vy + np.sqrt(vy * vy + 2 * g * np.maximum(y, 0))) / g, np.inf)
+            need = 1.5 * (t_end + float(np.max(t_rem * left)))
+        hint = (f"about steps = {math.ceil(need / self.dt)} (t_max ≈ {need:.3g} s)"
+                if math.isfinite(need) and need / self.dt < 1e12 else "a longer horizon")
+        return (f"{int(flying.sum())} of {self.B} cannons had not landed by the horizon "
+                f"steps·dt = {self.steps}·{self.dt:g} s = {t_end:.4g} s, so their landing "
+                f"point is their mid-air position; use {hint}")
+
+    def resolution_problem(self):
+        """After a forward pass: None when every landed cannon took at least
+        MIN_STEPS_PER_ARC steps per arc (flight and bounces), else a sentence naming the
+        coarsest and a dt that resolves it."""
+        o = self.outputs()
+        spa = o["steps_per_arc"]
+        bad = o["landed"] & (spa < MIN_STEPS_PER_ARC)
+        if not bad.any():
+            return None
+        i = int(np.argmin(np.where(bad, spa, np.inf)))
+        arc = o["land_t"][i] / (o["bounces"][i] + 1)
+        return (f"{int(bad.sum())} of {self.B} cannons landed within fewer than "
+                f"{MIN_STEPS_PER_ARC} steps per arc (cannon {i}: {spa[i]:.3g} steps of "
+                f"dt = {self.dt:g} s per {arc:.3g} s arc): the step is too coarse for a "
+                f"trustworthy answer; use dt <= {arc / (4 * MIN_STEPS_PER_ARC):.3g} s")
 
     def _check_stability(self):
         # An explicit step of dv/dt = -k|v|v is stable only for dt·k·|v| < 1; beyond it the
@@ -330,9 +482,20 @@ class Projectile(runtime.RuntimeBound):
                 f"explicit step unstable; lower sim.dt below {self.dt / worst:.3g} s or the drag")
 
     def backward(self):
-        """Reverse-mode sweep after :meth:`forward`; returns d objective / d input, each (B,)."""
+        """Reverse-mode sweep after :meth:`forward`; returns d objective / d input, each (B,).
+
+        Gradients belong to the last forward pass: calling it again returns the same
+        numbers (gradients are cleared first, never accumulated); it refuses when no
+        forward pass ran or the inputs changed since (set_inputs, trace)."""
         self._check_runtime()
+        if self._forward_version is None:
+            raise DiffsimError("backward() needs a forward() first")
+        if self._forward_version != self._version:
+            raise DiffsimError("backward() after set_inputs(): the inputs changed since the "
+                               "last forward(), so its gradients would mix two points; call "
+                               "forward() again first")
         k = self._k
+        k["clear_grads"]()
         self.loss.grad[None] = 1.0
         k["objective"].grad(*self._objective_args)
         k["finish"].grad()
@@ -344,14 +507,16 @@ class Projectile(runtime.RuntimeBound):
         return {n: g[j] for j, n in enumerate(INPUTS)}
 
     def outputs(self):
-        """Landing x, z [m], time [s] per cannon, and ``landed`` (False: still flying at
-        the horizon), ``bounces`` made."""
+        """Landing x, z [m], time [s] per cannon, ``landed`` (False: still flying at the
+        horizon; x, z, t are then its position at steps·dt), ``bounces`` made and
+        ``steps_per_arc`` (land_t / dt / (bounces + 1), how finely each arc was resolved)."""
         self._check_runtime()
         K = len(self.segs)
         a = self.out.to_numpy().astype(np.float64)
         d = {n: a[j] for j, n in enumerate(OUTPUTS)}
         d["landed"] = self.alive.to_numpy()[K] == 0
         d["bounces"] = self.nbounce.to_numpy()[K]
+        d["steps_per_arc"] = d["land_t"] / self.dt / (d["bounces"] + 1)
         return d
 
     # -- trajectories (forward only, for plots) --------------------------------------
@@ -360,7 +525,11 @@ class Projectile(runtime.RuntimeBound):
         (x, y up, z). Forward only; after landing a cannon stays at its landing point."""
         self._check_runtime()
         if self._traj is None:
+            runtime.check_memory((self.steps + 1) * self.B * 3 * np.dtype(self.np_real).itemsize,
+                                 what=f"the trajectory of {self.B} cannons × {self.steps} steps",
+                                 key="batch × steps", value=(self.B, self.steps))
             self._traj = ti.Vector.field(3, self.real, (self.steps + 1, self.B))
+        self._forward_version = None  # trace() overwrites the forward pass's tape
         k = self._k
         k["clear"]()
         k["launch"]()

@@ -3,6 +3,17 @@
 Scene kind ``cannon``. One cannon per target, all simulated in one batch; the objective
 is Σ ½·miss² (m²) over targets, or a landing range / flight time. Gradients come from
 Taichi's reverse mode through the projectile simulation (:mod:`diffsim.systems.projectile`).
+
+Honesty about the physics. The landing point is that of the *discretised* flight. Every
+summary and optimisation report also gives ``model_error`` [m] per cannon: the distance
+between the landing at ``dt`` and at ``dt/2`` scaled by Richardson's 2^p/(2^p − 1)
+(p = 4 for RK4, 3 with bounces; 1 for the Euler methods), an estimate of |simulated − exact| landing.
+A target counts as hit only when miss + model_error < target.tolerance, so the hit holds
+for the exact ODE too; when the model error alone is not below the tolerance the report
+says so, success is false, and it names a dt that would do (dt is never changed behind
+the user's back). Unreachable is claimed only when proved: the target lies outside the
+interval of ranges that the free launch parameters (angle, speed) can reach, computed
+by a golden-section scan of the arc; otherwise a miss is "not converged".
 """
 from __future__ import annotations
 
@@ -16,6 +27,11 @@ from ..optim import Adam, LBFGS, minimize
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
+
+#: order of accuracy of each integrator (global error ∝ dt^p), for Richardson estimates
+ORDER = {"rk4": 4, "symplectic_euler": 1, "euler": 1}
+#: |gradient|·parameter scale above this many times (|objective| + 1) is reported as enormous
+ENORMOUS_GRADIENT = 1e6
 
 DESCRIPTION = "projectile under gravity, quadratic drag and wind; aim at targets"
 
@@ -50,7 +66,8 @@ SCHEMA = {
         "gravity": Key("float", 9.81, "m/s², downward", lo=0.0, lo_open=True),
         "drag": Key("float", 0.0, "quadratic drag per unit mass k [1/m]: a = -k|v-w|(v-w)", lo=0.0),
         "wind": Key("floats", [0.0], "horizontal wind [m/s]: [wx] or [wx, wz]", length={1, 2}),
-        "restitution": Key("float", 0.5, "vertical coefficient of restitution", lo=0.0, hi=1.0),
+        "restitution": Key("float", 0.5, "vertical coefficient of restitution; 0: the first impact is the landing",
+                           lo=0.0, hi=1.0),
         "bounces": Key("int", 0, "impacts that bounce before the landing", lo=0, hi=100),
     },
     "launch": {
@@ -60,16 +77,18 @@ SCHEMA = {
         "height": Key("float", 0.0, "launch height [m]", lo=0.0),
     },
     "sim": {
-        "dt": Key("float", 0.01, "time step [s]", lo=0.0, lo_open=True, hi=10.0),
+        "dt": Key("float", 0.01, "time step [s]; the report's model_error says whether it is fine enough",
+                  lo=0.0, lo_open=True, hi=10.0),
         "t_max": Key("float", 0.0, "longest flight simulated [s]; 0 = from the speed bound", lo=0.0),
-        "integrator": Key("str", "symplectic_euler", choices=INTEGRATORS),
+        "integrator": Key("str", "rk4", "rk4 (4th order) or symplectic_euler / euler (1st order)",
+                          choices=INTEGRATORS),
         "dims": Key("int", 2, "2 (x, y) or 3 (x, y, z)", choices=(2, 3)),
     },
     "target": {
         "x": Key("floats", [100.0], "target x per cannon [m]", length=None),
         "z": Key("floats", [], "target z per cannon [m] (3D; default 0)"),
         "arc": Key("str", "low", "which solution: low, high or any", choices=("low", "high", "any")),
-        "tolerance": Key("float", 1e-3, "a target counts as hit when the miss is below this [m]",
+        "tolerance": Key("float", 1e-3, "a target counts as hit when miss + model error is below this [m]",
                          lo=0.0, lo_open=True),
     },
     "objective": {
@@ -155,22 +174,35 @@ class CannonProblem(Problem):
         self.params = Parameters(plist)
         self.bounces = ph["bounces"]
         self.dt = sim["dt"]
+        self.integrator = sim["integrator"]
         vmax = bounds["speed"][1] if "speed" in free else la["speed"]
-        t_max = sim["t_max"] or self._auto_t_max(vmax, ph["gravity"], la["height"])
-        steps = max(1, math.ceil(t_max / self.dt))
-        if steps > 10_000_000:
-            raise scene.error(f"t_max/dt = {steps} steps is too many; raise sim.dt or lower "
-                              "sim.t_max", key="sim.dt", value=self.dt)
+        hmax = bounds["height"][1] if "height" in free else la["height"]
+        if sim["t_max"]:
+            t_max, key, value = sim["t_max"], "sim.t_max", sim["t_max"]
+        else:
+            t_max = self._auto_t_max(vmax, ph["gravity"], hmax)
+            if math.sqrt(2 * ph["gravity"] * hmax) > vmax:  # the fall from the height dominates
+                key = "optimize.bounds.height" if "height" in free else "launch.height"
+                value = hmax
+            else:
+                key = "optimize.bounds.speed" if "speed" in free else "launch.speed"
+                value = vmax
+        nsteps = t_max / self.dt  # a float: 1e300 m/s must not reach math.ceil
+        runtime.check_memory(Projectile.nbytes(self.B, min(nsteps, 1e300)) if math.isfinite(nsteps) else math.inf,
+                             what=f"{self.B} cannon(s) over t_max/dt = {t_max:.3g} s / {self.dt:g} s "
+                                  f"= {nsteps:.3g} steps", key=key, value=value)
+        steps = max(1, math.ceil(nsteps))
         self.sim = Projectile(self.B, steps=steps, dt=self.dt, dims=self.dims,
-                              integrator=sim["integrator"], bounces=self.bounces)
+                              integrator=self.integrator, bounces=self.bounces)
         self.sim.set_inputs(target_x=self.targets_x, target_z=self.targets_z)
         self._load(self.params.vector)
         self._arc_done = False
 
     def _auto_t_max(self, vmax, g, h):
-        # Vacuum flight time at the highest speed, ×(bounces+1), with margin: drag only
-        # shortens flights, so every cannon lands inside the horizon.
-        t = (vmax + math.sqrt(vmax * vmax + 2 * g * h)) / g
+        # Vacuum flight time at the highest speed, ×(bounces+1), with margin. Drag shortens
+        # most flights; one that ends later is flagged (landed = False) and warned about.
+        # hypot: a speed of 1e300 m/s gives a huge flight time, not an overflow
+        t = (vmax + math.hypot(vmax, math.sqrt(2 * g * h))) / g
         return 1.2 * t * (self.bounces + 1) + 10 * self.dt
 
     # -- parameters -> simulator -----------------------------------------------------
@@ -196,7 +228,9 @@ class CannonProblem(Problem):
 
     def _objective(self, x):
         self._load(x)
-        return self.sim.forward(self.objective_type, self.maximize)
+        # not strict: a cannon still flying or coarsely resolved is reported by
+        # summary()/warnings(), not raised in the middle of an optimisation
+        return self.sim.forward(self.objective_type, self.maximize, strict=False)
 
     def _value_and_grad(self, x, method):
         f = self._objective(x)
@@ -208,12 +242,76 @@ class CannonProblem(Problem):
         return f, g
 
     # -- outputs -----------------------------------------------------------------------
-    def landing(self, x=None):
-        """Per-cannon landing x, z [m], flight time [s], miss [m] and landed flags."""
-        self._objective(self._as_x(x))
+    def landing(self, x=None, model_error=False):
+        """Per-cannon landing x, z [m], flight time [s], miss [m] and landed flags; with
+        ``model_error`` also the estimated |simulated − exact| landing distance [m]."""
+        x = self._as_x(x)
+        self._objective(x)
         o = self.sim.outputs()
         o["miss"] = np.hypot(o["land_x"] - self.targets_x, o["land_z"] - self.targets_z)
+        if model_error:
+            o["model_error"] = self.model_error(x, o)
         return o
+
+    def model_error(self, x=None, coarse=None):
+        """Estimated error [m] of each cannon's landing point against the exact solution
+        of the same ODE: |landing(dt) − landing(dt/2)|·2^p/(2^p − 1) (step doubling with
+        Richardson's factor, p the integrator's order). Array (B,)."""
+        x = self._as_x(x)
+        if coarse is None:
+            self._objective(x)
+            coarse = self.sim.outputs()
+        fine = self.sim.refined_outputs(2)
+        p = self._order()
+        d = np.hypot(coarse["land_x"] - fine["land_x"], coarse["land_z"] - fine["land_z"])
+        return d * 2 ** p / (2 ** p - 1)
+
+    def warnings(self, x=None, model_error=True) -> list[str]:
+        """Sentences about results at ``x`` that should not be trusted as they stand:
+        cannons still flying at t_max, arcs resolved by too few steps, model error above
+        the tolerance, enormous gradients. Empty when there is nothing to say."""
+        from ..systems.projectile import MIN_STEPS_PER_ARC
+        x = self._as_x(x)
+        out = []
+        f, g = self.value_and_grad(x)
+        o = self.sim.outputs()
+        flying = np.nonzero(~o["landed"])[0]
+        if flying.size:
+            out.append(f"cannon(s) {', '.join(map(str, flying))} still flying at t_max = "
+                       f"{self.sim.steps * self.dt:.4g} s: the landing reported is the mid-air "
+                       "position there, and so are its gradients; raise sim.t_max")
+        coarse = np.nonzero(o["landed"] & (o["steps_per_arc"] < MIN_STEPS_PER_ARC))[0]
+        if coarse.size:
+            out.append(f"cannon(s) {', '.join(map(str, coarse))} land within fewer than "
+                       f"{MIN_STEPS_PER_ARC} steps per arc (dt = {self.dt:g} s): too coarse to "
+                       "trust; lower sim.dt")
+        err = self.model_error(x, o) if model_error else np.zeros(self.B)
+        if np.any(err >= self.tolerance):
+            i = int(np.argmax(err))
+            out.append(f"model error ≈ {err[i]:.3g} m (cannon {i}) is not below target.tolerance = "
+                       f"{self.tolerance:g} m: {self._dt_hint(err)}")
+        scale = np.maximum(np.abs(x), [p.scale for p in self.params.items])
+        big = np.abs(g) * scale > ENORMOUS_GRADIENT * (abs(f) + 1.0)
+        if big.any():
+            out.append("enormous gradient(s) " + ", ".join(
+                f"d/d {self.params.names[i]} = {g[i]:.3g}" for i in np.nonzero(big)[0])
+                + ": the objective changes by more than 10⁶× itself for a relative parameter "
+                "change of 1 (a grazing impact or a landing at the horizon); a step along it "
+                "is not to be trusted")
+        return out
+
+    def _order(self):
+        # The impact velocity that starts a bounce is the Hermite cubic's derivative,
+        # third order: a bounced landing converges at most like dt³ even with RK4.
+        p = ORDER[self.integrator]
+        return min(p, 3) if self.bounces else p
+
+    def _dt_hint(self, err):
+        p = self._order()
+        worst = float(np.max(err))
+        dt = self.dt * (0.1 * self.tolerance / worst) ** (1 / p) if worst > 0 else self.dt
+        extra = "" if self.integrator == "rk4" else " or sim.integrator = 'rk4'"
+        return f"lower sim.dt to about {dt:.2g} s{extra}"
 
     def converged(self, x, f):
         if self.objective_type != "miss" or self.maximize:
@@ -226,26 +324,27 @@ class CannonProblem(Problem):
         return {"max miss [m]": f"{np.sqrt(2 * self._last_miss2).max():.3g}"}
 
     def summary(self, x=None):
+        """Landing, miss and model error [m] per cannon at ``x``, and ``warnings``."""
         x = self._as_x(x)
-        o = self.landing(x)
+        o = self.landing(x, model_error=True)
         d = {"objective": self.objective(x), "params": self.params.as_dict(x),
              "landing_x": o["land_x"], "landing_z": o["land_z"], "flight_time": o["land_t"],
-             "landed": o["landed"], "targets_x": self.targets_x, "miss": o["miss"]}
+             "landed": o["landed"], "targets_x": self.targets_x, "miss": o["miss"],
+             "model_error": o["model_error"], "dt": self.dt, "integrator": self.integrator,
+             "warnings": self.warnings(x)}
         if self.dims == 2:
             d.pop("landing_z")
-        if not o["landed"].all():
-            d["warning"] = ("some cannonballs were still flying at t_max = "
-                            f"{self.sim.steps * self.dt:.3g} s; raise sim.t_max")
         return d
 
     def summary_text(self, s):
-        lines = [f"objective = {s['objective']:.10g}"]
+        lines = [f"objective = {s['objective']:.10g}   ({self.integrator}, dt = {self.dt:g} s)"]
         for i in range(self.B):
-            lines.append(f"  cannon {i}: lands at x = {s['landing_x'][i]:.6g} m after "
+            where = "lands" if s["landed"][i] else "is STILL FLYING"
+            lines.append(f"  cannon {i}: {where} at x = {s['landing_x'][i]:.6g} m after "
                          f"{s['flight_time'][i]:.4g} s; target {self.targets_x[i]:.6g} m, "
-                         f"miss {s['miss'][i]:.4g} m")
-        if "warning" in s:
-            lines.append("warning: " + s["warning"])
+                         f"miss {s['miss'][i]:.4g} m, model error ≈ {s['model_error'][i]:.2g} m")
+        for w in s.get("warnings", []):
+            lines.append("warning: " + w)
         return "\n".join(lines)
 
     def trajectories(self, x=None):
@@ -267,7 +366,7 @@ class CannonProblem(Problem):
 
         def rng(angle):
             self.sim.set_inputs(angle=angle, speed=speed)
-            self.sim.forward("range")
+            self.sim.forward("range", strict=False)
             o = self.sim.outputs()
             return np.hypot(o["land_x"] - x0, o["land_z"] - z0)
 
@@ -330,30 +429,125 @@ class CannonProblem(Problem):
     def aim(self, iterations=None, optimizer=None, method=None, progress=False, callback=None):
         """Optimise the scene's parameters; returns (OptimizeResult, report dict).
 
-        The report says per target whether it was hit (miss < tolerance) and, when not,
-        that it is unreachable within the parameter bounds, with the closest miss.
+        The report gives per target the miss and model error [m]; ``hit`` when miss +
+        model error < tolerance. A target not hit is ``reachable = False`` (status
+        "unreachable") only when proved outside the reachable landing interval
+        (``min_range``, ``max_range``); otherwise the message says the optimiser did not
+        converge within its iterations (status stays e.g. "max_iterations"), or that the
+        model error is too large for the tolerance (status
+        "model_error_above_tolerance"), and what to change.
         """
         self._prepare_arcs()
-        res = minimize(self, self.make_optimizer(optimizer), iterations=iterations or self.opt_cfg["iterations"],
+        n_iter = iterations or self.opt_cfg["iterations"]
+        res = minimize(self, self.make_optimizer(optimizer), iterations=n_iter,
                        method=method or self.opt_cfg["method"], progress=progress, callback=callback)
-        o = self.landing(res.x)
-        hit = o["miss"] < self.tolerance
+        o = self.landing(res.x, model_error=True)
+        err = o["model_error"]
+        hit = o["miss"] + err < self.tolerance
         report = {"params": self.params.as_dict(res.x), "objective": res.objective,
-                  "miss": o["miss"], "reachable": hit, "landing_x": o["land_x"],
-                  "flight_time": o["land_t"], "targets_x": self.targets_x,
-                  "iterations": res.iterations, "status": res.status,
-                  "seconds": res.seconds}
+                  "miss": o["miss"], "model_error": err, "hit": hit, "reachable": hit.copy(),
+                  "landing_x": o["land_x"], "flight_time": o["land_t"], "landed": o["landed"],
+                  "targets_x": self.targets_x, "iterations": res.iterations,
+                  "status": res.status, "seconds": res.seconds, "dt": self.dt,
+                  "integrator": self.integrator}
         if self.objective_type == "miss" and not self.maximize:
             report["success"] = bool(hit.all()) and res.status != "interrupted"
             if hasattr(self, "max_range"):
                 report["max_range"] = self.max_range
             if not hit.all():
-                report["message"] = ("unreachable within the parameter bounds: " + ", ".join(
-                    f"target {i} at {self.targets_x[i]:.6g} m (closest miss {o['miss'][i]:.4g} m)"
-                    for i in np.nonzero(~hit)[0]))
+                report.update(self._explain_misses(res, o, n_iter))
         else:
             report["success"] = res.status != "interrupted"
+        # the model error is in the report per target already
+        report["warnings"] = self.warnings(res.x, model_error=False)
+        self._load(res.x)
         return res, report
+
+    def _reach_interval(self):
+        """[lowest, highest] signed landing distance [m] per cannon that the free launch
+        parameters can reach, or None where it is not established here. Established for
+        2D with only the angle free, or angle and speed without a head wind (then the
+        range grows with speed, so its extremes are at the speed bounds). The range is
+        unimodal in the elevation: its maximum is at the golden-section angle a*, its
+        minimum at an angle bound; a grid of 65 angles backs both up."""
+        free = set(self.opt_cfg["params"])
+        if self.dims != 2 or not free or not free <= {"angle", "speed"}:
+            return None
+        saved = self.sim.get_inputs()
+        if "speed" in free and np.any(saved["wind_x"] < 0):
+            return None
+        x0 = saved["x0"]
+        landed = [True]
+
+        def rng(angle, speed):
+            self.sim.set_inputs(angle=angle, speed=speed)
+            self.sim.forward("range", strict=False)
+            o = self.sim.outputs()
+            landed[0] &= bool(o["landed"].all())
+            return o["land_x"] - x0
+
+        def bounds(n):
+            ps = [self.params[self._pname(n, b)] for b in range(self.B)]
+            if n in free:
+                return np.array([p.lower for p in ps]), np.array([p.upper for p in ps])
+            v = np.array([p.value for p in ps])
+            return v, v
+
+        (a_lo, a_hi), (v_lo, v_hi) = bounds("angle"), bounds("speed")
+        a_star, _ = self.max_range_angle(v_hi)
+        lo = np.minimum(rng(a_lo, v_lo), rng(a_hi, v_lo))
+        hi = np.maximum(rng(np.clip(a_star, a_lo, a_hi), v_hi),
+                        np.maximum(rng(a_lo, v_hi), rng(a_hi, v_hi)))
+        for t in np.linspace(0, 1, 65)[1:-1]:
+            a = a_lo + t * (a_hi - a_lo)
+            lo = np.minimum(lo, rng(a, v_lo))
+            hi = np.maximum(hi, rng(a, v_hi))
+        self.sim.set_inputs(**saved)
+        return (lo, hi) if landed[0] else None
+
+    def _explain_misses(self, res, o, n_iter):
+        """Message, status and per-target ``reachable`` for targets not hit: unreachable
+        only when proved (outside the reach interval), else why it was not hit."""
+        miss, err, tol = o["miss"], o["model_error"], self.tolerance
+        reach = self._reach_interval()
+        d = self.targets_x - self.sim.get_inputs()["x0"]
+        reachable = np.ones(self.B, dtype=bool)
+        parts, not_conv, model = [], [], []
+        for i in np.nonzero(~(miss + err < tol))[0]:
+            margin = tol + err[i]
+            if reach is not None and not (reach[0][i] - margin <= d[i] <= reach[1][i] + margin):
+                reachable[i] = False
+                parts.append(f"target {i} at {self.targets_x[i]:.6g} m is unreachable within the "
+                             f"parameter bounds: the reachable landings are "
+                             f"[{reach[0][i]:.6g}, {reach[1][i]:.6g}] m from the launch point "
+                             f"(closest miss {miss[i]:.4g} m)")
+            elif miss[i] < tol:
+                model.append(i)
+            else:
+                not_conv.append(i)
+        if model:
+            parts.append("target(s) " + ", ".join(map(str, model)) + " hit by the simulation "
+                         f"(miss below {tol:g} m) but its model error ≈ "
+                         + ", ".join(f"{err[i]:.3g}" for i in model)
+                         + f" m leaves the true landing possibly outside the tolerance; {self._dt_hint(err[model])}")
+        if not_conv:
+            why = ("" if reach is None else " although it is within reach")
+            parts.append("target(s) " + ", ".join(
+                f"{i} at {self.targets_x[i]:.6g} m (miss {miss[i]:.4g} m)" for i in not_conv)
+                + f" not hit after {res.iterations} iterations{why} (optimizer status "
+                f"{res.status}); raise optimize.iterations (now {n_iter}) or use "
+                "optimize.optimizer = 'lbfgs'"
+                + ("" if reach is not None else
+                   "; whether it is reachable was not determined (it is for 2D scenes "
+                   "optimising the angle, or angle and speed without a head wind)"))
+        out = {"message": "; ".join(parts), "reachable": reachable}
+        if reach is not None:
+            out["min_range"], out["max_range"] = reach
+        # the optimiser's own status stays when it explains the miss (out of iterations,
+        # interrupted); otherwise the status names the reason
+        if res.status != "interrupted" and not not_conv:
+            out["status"] = "model_error_above_tolerance" if model else "unreachable"
+        return out
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
@@ -380,11 +574,14 @@ class CannonProblem(Problem):
                  "parameters:", "\n".join(f"  {k} = {v:.10g}" for k, v in r["params"].items())]
         if "miss" in r:
             for i in range(self.B):
+                word = ("hit" if r["hit"][i] else "NOT HIT" if r["reachable"][i] else "UNREACHABLE")
                 lines.append(f"  target {i} at {self.targets_x[i]:.6g} m: lands at "
-                             f"{r['landing_x'][i]:.6g} m, miss {r['miss'][i]:.3g} m "
-                             f"({'hit' if r['reachable'][i] else 'UNREACHABLE'})")
+                             f"{r['landing_x'][i]:.6g} m, miss {r['miss'][i]:.3g} m, model error "
+                             f"≈ {r['model_error'][i]:.2g} m ({word})")
         if "message" in r:
             lines.append(r["message"])
+        for w in r.get("warnings", []):
+            lines.append("warning: " + w)
         if r.get("plots"):
             lines.append("plots: " + ", ".join(r["plots"]))
         return "\n".join(lines)
