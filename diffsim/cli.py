@@ -131,7 +131,7 @@ def cmd_check(args):
     return 0 if rep.ok else 1
 
 
-def _finish_optimization(args, pb, report, out_dir, verb="optimize"):
+def _finish_optimization(args, pb, report, out_dir, verb="optimize", text=None):
     """Save the best parameters, print the report and map its status to an exit code:
     0 converged, 1 not converged / diverged, 130 interrupted."""
     from . import checkpoint
@@ -140,7 +140,7 @@ def _finish_optimization(args, pb, report, out_dir, verb="optimize"):
                                        objective=report.get("objective"),
                                        extra={"status": report.get("status")})
         report["best_params_file"] = str(saved)
-    text = pb.report_text(report)
+    text = text or pb.report_text(report)
     if out_dir is not None:
         text += f"\nbest parameters: {report['best_params_file']}"
     _emit(args, report, text)
@@ -151,7 +151,7 @@ def _finish_optimization(args, pb, report, out_dir, verb="optimize"):
               file=sys.stderr)
         return 130
     if not report.get("success", False):
-        print(f"diffsim: {verb} did not succeed: {report.get('message') or status}", file=sys.stderr)
+        print(f"diffsim: {verb} did not succeed (status {status})", file=sys.stderr)
         return 1
     return 0
 
@@ -159,10 +159,20 @@ def _finish_optimization(args, pb, report, out_dir, verb="optimize"):
 def cmd_optimize(args):
     sc, pb = _problem(args)
     out_dir = _out_dir(args, sc.name)
-    report = pb.run_optimization(iterations=args.iterations, method=args.method,
-                                 seed=args.seed, resume=args.resume, out=out_dir,
-                                 progress=not args.json and not args.no_progress,
-                                 plots=not args.no_plot)
+    try:
+        report = pb.run_optimization(iterations=args.iterations, method=args.method,
+                                     seed=args.seed, resume=args.resume, out=out_dir,
+                                     progress=not args.json and not args.no_progress,
+                                     plots=not args.no_plot)
+    except KeyboardInterrupt:   # before the first evaluation, or while plotting
+        report = {"status": "interrupted", "objective": math.nan, "iterations": 0,
+                  "params": pb.params.as_dict(), "success": False,
+                  "message": "interrupted before the optimisation finished its set-up; the "
+                             "parameters saved are the current ones"}
+        report["scene"] = sc.name
+        from .problem import Problem
+        args_text = Problem.report_text(pb, report)
+        return _finish_optimization(args, pb, report, out_dir, text=args_text)
     report.setdefault("scene", sc.name)
     return _finish_optimization(args, pb, report, out_dir)
 

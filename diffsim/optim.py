@@ -378,7 +378,12 @@ def _ck_status(path):
 def _run_lbfgs(opt, evaluate, xf0, lo, hi, iterations, save, state, free, scale, x):
     from scipy.optimize import minimize as sp_minimize
 
+    calls = [0]
+
     def fun(uf):
+        if calls[0] >= iterations:     # scipy's maxfun may be overrun by a line search
+            raise _Stop("max_iterations")
+        calls[0] += 1
         f, g, stop = evaluate(np.asarray(uf, dtype=np.float64))
         state["x_next"] = x.copy()
         state["x_next"][free] = np.asarray(uf) * scale

@@ -426,7 +426,8 @@ class CannonProblem(Problem):
             return LBFGS()
         return Adam(lr=cfg["lr"], decay=cfg["decay"], beta2=cfg["beta2"])
 
-    def aim(self, iterations=None, optimizer=None, method=None, progress=False, callback=None):
+    def aim(self, iterations=None, optimizer=None, method=None, progress=False, callback=None,
+            checkpoint=None, resume=False):
         """Optimise the scene's parameters; returns (OptimizeResult, report dict).
 
         The report gives per target the miss and model error [m]; ``hit`` when miss +
@@ -435,12 +436,14 @@ class CannonProblem(Problem):
         (``min_range``, ``max_range``); otherwise the message says the optimiser did not
         converge within its iterations (status stays e.g. "max_iterations"), or that the
         model error is too large for the tolerance (status
-        "model_error_above_tolerance"), and what to change.
+        "model_error_above_tolerance"), and what to change. checkpoint/resume: as in
+        :func:`diffsim.optim.minimize`.
         """
         self._prepare_arcs()
         n_iter = iterations or self.opt_cfg["iterations"]
         res = minimize(self, self.make_optimizer(optimizer), iterations=n_iter,
-                       method=method or self.opt_cfg["method"], progress=progress, callback=callback)
+                       method=method or self.opt_cfg["method"], progress=progress, callback=callback,
+                       checkpoint=checkpoint, resume=resume)
         o = self.landing(res.x, model_error=True)
         err = o["model_error"]
         hit = o["miss"] + err < self.tolerance
@@ -448,16 +451,20 @@ class CannonProblem(Problem):
                   "miss": o["miss"], "model_error": err, "hit": hit, "reachable": hit.copy(),
                   "landing_x": o["land_x"], "flight_time": o["land_t"], "landed": o["landed"],
                   "targets_x": self.targets_x, "iterations": res.iterations,
-                  "status": res.status, "seconds": res.seconds, "dt": self.dt,
+                  "status": res.status, "message": res.message, "seconds": res.seconds,
+                  "dt": self.dt, "history": {"loss": res.history.loss,
+                                             "grad_norm": res.history.grad_norm},
                   "integrator": self.integrator}
         if self.objective_type == "miss" and not self.maximize:
-            report["success"] = bool(hit.all()) and res.status != "interrupted"
+            report["success"] = bool(hit.all()) and res.status not in ("interrupted", "diverged")
             if hasattr(self, "max_range"):
                 report["max_range"] = self.max_range
             if not hit.all():
                 report.update(self._explain_misses(res, o, n_iter))
+                if res.message.startswith("nothing to do"):   # a resumed, finished run
+                    report["message"] = f"{res.message}; {report['message']}"
         else:
-            report["success"] = res.status != "interrupted"
+            report["success"] = res.success
         # the model error is in the report per target already
         report["warnings"] = self.warnings(res.x, model_error=False)
         self._load(res.x)
@@ -551,9 +558,7 @@ class CannonProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        if resume:
-            raise DiffsimError("--resume is not supported for cannon scenes (they converge in "
-                               "seconds); run optimize again")
+        from ..problem import checkpoint_path
         snapshots = []
         every = max(1, (iterations or self.opt_cfg["iterations"]) // 12)
 
@@ -562,7 +567,8 @@ class CannonProblem(Problem):
                 snapshots.append((it, self.trajectories(x)))
             return False
 
-        res, report = self.aim(iterations=iterations, method=method, progress=progress, callback=cb)
+        res, report = self.aim(iterations=iterations, method=method, progress=progress, callback=cb,
+                               checkpoint=checkpoint_path(out), resume=resume)
         if plots and out is not None:
             from .. import plot
             snapshots.append((res.iterations, self.trajectories(res.x)))
@@ -578,7 +584,7 @@ class CannonProblem(Problem):
                 lines.append(f"  target {i} at {self.targets_x[i]:.6g} m: lands at "
                              f"{r['landing_x'][i]:.6g} m, miss {r['miss'][i]:.3g} m, model error "
                              f"≈ {r['model_error'][i]:.2g} m ({word})")
-        if "message" in r:
+        if r.get("message") and r.get("status") != "converged":
             lines.append(r["message"])
         for w in r.get("warnings", []):
             lines.append("warning: " + w)
