@@ -27,8 +27,9 @@ KINDS = {
     "mass_spring": "diffsim.tasks.mass_spring",
 }
 
-SCENE_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenes"
-_PACKAGED_SCENES = pathlib.Path(__file__).resolve().parent / "scenes"
+#: the bundled scenes ship inside the package (the repository's top-level ``scenes`` is a
+#: link to this folder), so `pip install .` finds them from any working directory
+SCENE_DIR = pathlib.Path(__file__).resolve().parent / "scenes"
 
 _MISSING = object()
 #: largest scene file read (the biggest bundled robot is ~20 KB)
@@ -86,7 +87,7 @@ class Scene:
 
 
 def _scene_dirs():
-    return [d for d in (SCENE_DIR, _PACKAGED_SCENES) if d.is_dir()]
+    return [SCENE_DIR] if SCENE_DIR.is_dir() else []
 
 
 def bundled_scenes() -> dict[str, pathlib.Path]:

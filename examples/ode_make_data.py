@@ -13,7 +13,7 @@ from diffsim.ode.systems import SYSTEMS
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent.parent
-                                         / "scenes/data/lotka_volterra_noisy.csv"))
+                                         / "diffsim/scenes/data/lotka_volterra_noisy.csv"))
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
