@@ -130,8 +130,9 @@ def test_problem_gradcheck_triangle():
 
 def test_identification_recovers_stiffness():
     pb = diffsim.build("cloth_drop", ["body.nx=3", "sim.steps=120", "task.guess_scale=0.8"])
-    r = pb.run_optimization(iterations=80, progress=False, plots=False)
-    np.testing.assert_allclose(r["fitted_stiffness"], r["true_stiffness"], rtol=1e-3)
+    r = pb.run_optimization(iterations=200, progress=False, plots=False)
+    assert r["status"] == "converged" and r["success"]        # L-BFGS's gradient criterion
+    np.testing.assert_allclose(r["fitted_stiffness"], r["true_stiffness"], rtol=1e-5)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

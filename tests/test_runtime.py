@@ -35,14 +35,14 @@ import diffsim
 from diffsim.systems.projectile import Projectile
 diffsim.init('cpu', 'f64')
 p = Projectile(2, steps=20)
-p.forward('range')
+p.forward('range', strict=False)
 diffsim.init('cpu', 'f32')
 try:
-    p.forward('range')
+    p.forward('range', strict=False)
 except diffsim.RuntimeStateError as e:
     print('raised:', e)
 q = Projectile(2, steps=20)
-print('f32 ok', q.forward('range') > 0)
+print('f32 ok', q.forward('range', strict=False) > 0)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -146,6 +146,10 @@ class CannonProblem(Problem):
         self.targets_x = np.array(tg["x"], dtype=np.float64)
         self.targets_z = np.array(tg["z"] or [0.0] * len(tg["x"]), dtype=np.float64)
         self.B = len(self.targets_x)
+        # Each target is a cannon with its own named parameters (Python objects, ~2 KiB
+        # each with their arrays): refuse a huge list before building them, not after.
+        runtime.check_memory(2048.0 * self.B, what=f"{self.B} targets (one cannon each)",
+                             key="target.x", value=f"[{self.B} values]")
         self.tolerance = tg["tolerance"]
         self.objective_type, self.maximize = scene["objective"]["type"], scene["objective"]["maximize"]
         self.opt_cfg = opt
@@ -187,6 +191,8 @@ class CannonProblem(Problem):
             else:
                 key = "optimize.bounds.speed" if "speed" in free else "launch.speed"
                 value = vmax
+        if t_max <= 1e5:   # a plausible flight: too many steps means the step is too small
+            key, value = "sim.dt", self.dt
         nsteps = t_max / self.dt  # a float: 1e300 m/s must not reach math.ceil
         runtime.check_memory(Projectile.nbytes(self.B, min(nsteps, 1e300)) if math.isfinite(nsteps) else math.inf,
                              what=f"{self.B} cannon(s) over t_max/dt = {t_max:.3g} s / {self.dt:g} s "
