@@ -25,9 +25,14 @@ def test_import_installs_no_warning_filter_and_keeps_the_matplotlib_backend():
 
 
 def test_a_non_editable_install_runs_bundled_scenes_from_any_directory(tmp_path):
+    import shutil
+    # build from a copy: setuptools writes build/ and egg-info next to the sources
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "diffsim-out", "__pycache__", ".pytest_cache"))
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                        "--no-build-isolation", "--target", str(target), str(ROOT)],
+                        "--no-build-isolation", "--target", str(target), str(src)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
