@@ -12,3 +12,10 @@ os.environ.setdefault("TI_LOG_LEVEL", "warn")
 def runtime():
     import diffsim
     return diffsim.init(arch="cpu", precision="f64")
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory, so a verb's default output
+    folder (diffsim-out/<scene>) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
