@@ -23,14 +23,14 @@ from .errors import DiffsimError
 VERSION = 1
 
 
-def _plain(o):
+def jsonable(o):
     """JSON-able copy: numpy arrays/scalars to lists/floats; NaN/inf kept as strings."""
     if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
+        return [jsonable(v) for v in o]
     if isinstance(o, np.ndarray):
-        return _plain(o.tolist())
+        return jsonable(o.tolist())
     if isinstance(o, (bool, np.bool_)):
         return bool(o)
     if isinstance(o, (np.integer,)):
@@ -47,7 +47,7 @@ def write_json(path, obj) -> pathlib.Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(_plain(obj)))
+        tmp.write_text(json.dumps(jsonable(obj)))
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -15,29 +15,13 @@ import sys
 import numpy as np
 
 from . import scene as scene_mod
+from .checkpoint import jsonable
 from .errors import DiffsimError
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else str(f)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    return o
 
 
 def _emit(args, obj: dict, text: str):
     if args.json:
-        print(json.dumps(_jsonable(obj), indent=None))
+        print(json.dumps(jsonable(obj), indent=None))
     else:
         print(text)
 

@@ -320,33 +320,25 @@ class Projectile(runtime.RuntimeBound):
                 loss[None] += sign * weight[b] * val
 
         @ti.kernel
-        def clear():
-            loss[None] = 0.0
+        def clear(values: ti.template()):
+            """Zero every gradient; with ``values`` also the loss and the outputs (a new
+            forward pass accumulates into them)."""
             loss.grad[None] = 0.0
+            if ti.static(values):
+                loss[None] = 0.0
             for b in range(B):
                 for j in ti.static(range(len(INPUTS))):
                     inp.grad[j, b] = 0.0
                 for j in ti.static(range(len(OUTPUTS))):
                     out_f.grad[j, b] = 0.0
-                    out_f[j, b] = 0.0
-                for kk in range(K + 1):
-                    for f in ti.static(S):
-                        f.grad[kk, b] = 0.0
-
-        @ti.kernel
-        def clear_grads():
-            loss.grad[None] = 0.0
-            for b in range(B):
-                for j in ti.static(range(len(INPUTS))):
-                    inp.grad[j, b] = 0.0
-                for j in ti.static(range(len(OUTPUTS))):
-                    out_f.grad[j, b] = 0.0
+                    if ti.static(values):
+                        out_f[j, b] = 0.0
                 for kk in range(K + 1):
                     for f in ti.static(S):
                         f.grad[kk, b] = 0.0
 
         self._k = dict(launch=launch, segment=segment, finish=finish, objective=objective,
-                       clear=clear, clear_grads=clear_grads)
+                       clear=clear)
 
     # -- inputs / outputs ------------------------------------------------------------
     def set_inputs(self, **values) -> None:
@@ -386,7 +378,7 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
         self._check_stability()
         k = self._k
-        k["clear"]()
+        k["clear"](True)
         k["launch"]()
         for i, (t0, n) in enumerate(self.segs):
             k["segment"](i, t0, n, self.dt, self._dummy, False)
@@ -415,7 +407,7 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
         self._check_stability()
         k = self._k
-        k["clear"]()
+        k["clear"](True)
         k["launch"]()
         for i, (t0, n) in enumerate(self.segs):
             k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
@@ -495,7 +487,7 @@ class Projectile(runtime.RuntimeBound):
                                "last forward(), so its gradients would mix two points; call "
                                "forward() again first")
         k = self._k
-        k["clear_grads"]()
+        k["clear"](False)
         self.loss.grad[None] = 1.0
         k["objective"].grad(*self._objective_args)
         k["finish"].grad()
@@ -531,7 +523,7 @@ class Projectile(runtime.RuntimeBound):
             self._traj = ti.Vector.field(3, self.real, (self.steps + 1, self.B))
         self._forward_version = None  # trace() overwrites the forward pass's tape
         k = self._k
-        k["clear"]()
+        k["clear"](True)
         k["launch"]()
         self._k_first_row()
         for i, (t0, n) in enumerate(self.segs):
