@@ -131,6 +131,51 @@ def make_optimizer(name: str, **kw):
     return OPTIMIZERS[name](**kw)
 
 
+def optimize_schema(params, optimizers, *, optimizer, iterations, lr, decay=None, beta2=None,
+                    clip=None, max_grad_norm=None, methods=None, seed=None, bounds=None):
+    """The ``[optimize]`` scene section, one definition for every scene kind.
+
+    params: the kind's :class:`~diffsim.scene.Key` for ``optimize.params`` (what to
+    optimise; each kind checks its own names). optimizers: the names this kind accepts for
+    ``optimize.optimizer``, from :data:`OPTIMIZERS` plus "lm" (SciPy's
+    Levenberg–Marquardt, least-squares kinds only). optimizer, iterations, lr: the kind's
+    defaults. Keys a kind does not use are left out (argument None); otherwise the argument
+    is the default: decay (lr multiplier per iteration), beta2 (Adam), clip (gradient
+    2-norm clip, 0 = none), max_grad_norm (a larger norm stops the run as diverged), seed;
+    methods: the allowed gradient methods, the first the default; bounds: the kind's
+    validator ``f(table) -> str | None`` of ``name = [low, high]`` (default: no bounds).
+    Returns the section's schema, key -> Key.
+    """
+    from .scene import Key      # scene does not import optim: no cycle
+    known = (*OPTIMIZERS, "lm")
+    unknown = [o for o in optimizers if o not in known]
+    if unknown or optimizer not in optimizers:
+        raise ValueError(f"optimize_schema: optimizers {list(optimizers)} (default {optimizer!r}) "
+                         f"must come from {', '.join(known)}")
+    sec = {"params": params}
+    if bounds is not None:
+        sec["bounds"] = Key("table", {}, "name = [low, high]", check=bounds)
+    sec["optimizer"] = Key("str", optimizer, "optimiser", choices=tuple(optimizers))
+    sec["iterations"] = Key("int", iterations, "most iterations", lo=1, hi=1_000_000)
+    sec["lr"] = Key("float", lr, "adam/gd step size (a fraction of each parameter's scale, "
+                    "see diffsim.optim.Adam)", lo=0.0, lo_open=True)
+    if decay is not None:
+        sec["decay"] = Key("float", decay, "lr multiplier per iteration", lo=0.0, lo_open=True, hi=1.0)
+    if beta2 is not None:
+        sec["beta2"] = Key("float", beta2, "Adam second-moment decay", lo=0.0, lo_open=True,
+                           hi=1.0, hi_open=True)
+    if clip is not None:
+        sec["clip"] = Key("float", clip, "gradient 2-norm clip (0: none)", lo=0)
+    if max_grad_norm is not None:
+        sec["max_grad_norm"] = Key("float", max_grad_norm, "a larger gradient norm stops the run "
+                                   "as diverged (exploding)", lo=0, lo_open=True)
+    if methods is not None:
+        sec["method"] = Key("str", methods[0], "gradient method", choices=tuple(methods))
+    if seed is not None:
+        sec["seed"] = Key("int", seed, "random seed")
+    return sec
+
+
 @dataclasses.dataclass
 class History:
     """Per-iteration record: objective, gradient 2-norm, full parameter vector, seconds."""

@@ -217,11 +217,37 @@ def check_value(spec: Key, v, *, path: str, key: str):
     return v
 
 
+#: old section/key -> its new name; an old one is refused naming the new (one [optimize]
+#: section shared by every kind: diffsim.optim.optimize_schema)
+RENAMED = {
+    "optim": "[optimize]", "fit": "[optimize]",
+    "optim.method": "optimize.optimizer", "optim.lr": "optimize.lr",
+    "optim.iterations": "optimize.iterations", "optim.clip": "optimize.clip",
+    "optim.max_grad_norm": "optimize.max_grad_norm",
+    "fit.optimize": "optimize.params", "fit.optimizer": "optimize.optimizer",
+    "fit.iterations": "optimize.iterations", "fit.lr": "optimize.lr",
+    "task.optimize": "optimize.params",
+}
+
+
+def _renamed(key: str, path: str, section_too: bool = False) -> SceneError:
+    new = RENAMED[key]
+    sec = key.split(".")[0]
+    more = f" (the [{sec}] section is now [optimize])" if section_too and "." in key else ""
+    return SceneError(f"was renamed; use {new}{more}", file=path, key=key)
+
+
 def validate(raw: dict, schema: dict, path: str) -> dict:
-    """Check ``raw`` against ``schema`` (section -> key -> Key); fill defaults."""
+    """Check ``raw`` against ``schema`` (section -> key -> Key); fill defaults. An unknown
+    key listed in :data:`RENAMED` is refused naming its new name."""
     out = {}
     for section, value in raw.items():
         if section not in schema:
+            if section in RENAMED:
+                for k in value if isinstance(value, dict) else ():
+                    if f"{section}.{k}" in RENAMED:
+                        raise _renamed(f"{section}.{k}", path, section_too=True)
+                raise _renamed(section, path)
             raise SceneError(f"unknown section or key; known: {', '.join(schema)}", file=path,
                              key=section)
         if isinstance(schema[section], Key):
@@ -231,6 +257,8 @@ def validate(raw: dict, schema: dict, path: str) -> dict:
                              value=value, has_value=True)
         for k in value:
             if k not in schema[section]:
+                if f"{section}.{k}" in RENAMED:
+                    raise _renamed(f"{section}.{k}", path)
                 raise SceneError(f"unknown key; known keys of [{section}]: "
                                  f"{', '.join(schema[section])}", file=path, key=f"{section}.{k}")
     for section, keys in schema.items():

@@ -8,7 +8,7 @@ from diffsim.cli import main
 
 LIGHT = {
     "cannon": [],
-    "oscillator": ["--set", "fit.optimizer='lbfgs'"],
+    "oscillator": ["--set", "optimize.optimizer='lbfgs'"],
     "spring_triangle": ["--set", "sim.steps=60"],
 }
 

@@ -518,7 +518,7 @@ grad_set("cloth_nx_1e5", "cloth_drop", ["body.nx=100000"], {2}, ["cloth_drop.tom
 def _(d, ck):
     p = d / "tables.toml"
     p.write_text(to_toml({"kind": "mass_spring", "sim": {"steps": 10, "has_ground": False},
-                          "task": {"objective": "height", "optimize": ["stiffness"]},
+                          "task": {"objective": "height"}, "optimize": {"params": ["stiffness"]},
                           "masses": [{"x": 0.0, "y": 0.5}, {"x": 0.1, "y": 0.5, "pinned": "false"}],
                           "springs": [{"a": 0, "b": 1, "stiffness": 100.0}]}))
     return ["grad", p, "--json"], [str(p)]
@@ -800,7 +800,7 @@ def falling_pair(tmp_path_factory):
     p = tmp_path_factory.mktemp("pair") / "pair.toml"
     p.write_text(to_toml({"kind": "mass_spring", "sim": {"steps": 200, "dt": 0.005, "gravity": -9.81,
                                                           "has_ground": False, "damping": 0.0},
-                          "task": {"objective": "height", "optimize": ["vx0", "vy0"]},
+                          "task": {"objective": "height"}, "optimize": {"params": ["vx0", "vy0"]},
                           "masses": [{"x": 0.0, "y": 1.0}, {"x": 0.3, "y": 1.4}],
                           "springs": [{"a": 0, "b": 1, "stiffness": 1000.0, "damping": 1.0}]}))
     return diffsim.build(p)

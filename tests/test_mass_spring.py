@@ -103,7 +103,7 @@ def test_robot_counts():
 ])
 def test_malformed_bodies_rejected(tmp_path, masses, springs, key):
     import tomllib  # noqa: F401  (scene files are TOML)
-    lines = ['kind = "mass_spring"', "[task]", 'objective = "height"', 'optimize = ["stiffness"]']
+    lines = ['kind = "mass_spring"', "[task]", 'objective = "height"', "[optimize]", 'params = ["stiffness"]']
     for m in masses:
         lines.append("[[masses]]\n" + "\n".join(f"{k} = {v}" for k, v in m.items()))
     for s in springs:
@@ -116,7 +116,7 @@ def test_malformed_bodies_rejected(tmp_path, masses, springs, key):
 
 
 def test_robot_a_walks_forward_after_a_few_iterations():
-    pb = diffsim.build("robot_a", ["sim.steps=150", 'optim.method="gd"', "optim.lr=0.5"])
+    pb = diffsim.build("robot_a", ["sim.steps=150", 'optimize.optimizer="gd"', "optimize.lr=0.5"])
     r = pb.run_optimization(iterations=6, progress=False, plots=False)
     loss = r["history"]["loss"]
     assert min(loss[1:]) < loss[0]          # objective = -distance: it walks further

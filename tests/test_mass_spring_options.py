@@ -125,7 +125,7 @@ def test_batch_gradients_identical_between_runs():
 
 # -- input checks ----------------------------------------------------------------------
 def _scene(tmp_path, masses, springs, extra=""):
-    lines = ['kind = "mass_spring"', extra, "[task]", 'objective = "height"', 'optimize = ["y0"]']
+    lines = ['kind = "mass_spring"', extra, "[task]", 'objective = "height"', "[optimize]", 'params = ["y0"]']
     for m in masses:
         lines.append("[[masses]]\n" + "\n".join(f"{k} = {v}" for k, v in m.items()))
     for s in springs:
@@ -175,8 +175,8 @@ def test_zero_length_and_missing_springs_named(tmp_path):
     p = _scene(tmp_path, TWO, [])
     for opt in ('["stiffness"]', '["controller"]'):
         with pytest.raises(SceneError) as e:
-            diffsim.load(p, [f"task.optimize={opt}", 'controller.kind="sine"'])
-        assert "'task.optimize'" in str(e.value)
+            diffsim.load(p, [f"optimize.params={opt}", 'controller.kind="sine"'])
+        assert "'optimize.params'" in str(e.value)
     pb = diffsim.build(p)                   # no springs, optimising y0: a valid free fall
     assert len(pb.params) == 2 and np.isfinite(pb.objective())
     with pytest.raises(DiffsimError, match="spring 0 joins masses 0 and 1"):

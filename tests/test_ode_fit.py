@@ -61,7 +61,7 @@ def test_data_that_cannot_determine_the_parameters(tmp_path):
     with pytest.raises(DiffsimError, match=r"few\.csv: 2 finite.*4 parameters"):
         _pb("lotka_volterra").fit(data=few, plots=False, optimizer="lm")
     # only g/L enters the pendulum: length and g together are not identifiable
-    pb = _pb("pendulum", ['fit.optimize=["length", "g"]'])
+    pb = _pb("pendulum", ['optimize.params=["length", "g"]'])
     with pytest.raises(DiffsimError, match="rank-deficient.*(length and g|g and length)"):
         pb.fit(plots=False)
 

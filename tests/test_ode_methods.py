@@ -140,7 +140,7 @@ def test_lotka_volterra_recovered_within_one_percent_from_noisy_csv(capsys):
     from diffsim.cli import main
     csv = ROOT / "scenes" / "data" / "lotka_volterra_noisy.csv"
     assert main(["fit", "lotka_volterra", "--data", str(csv), "--json", "--no-plot",
-                 "--set", 'fit.optimizer="lm"']) == 0
+                 "--set", 'optimize.optimizer="lm"']) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     got = np.array([out["params"][k] for k in ("alpha", "beta", "gamma", "delta")])
     np.testing.assert_allclose(got, [1.5, 1.0, 3.0, 1.0], rtol=0.01)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import DiffsimError
-from ..optim import Adam, LBFGS, minimize
+from ..optim import Adam, LBFGS, minimize, optimize_schema
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
@@ -95,21 +95,14 @@ SCHEMA = {
         "type": Key("str", "miss", choices=OBJECTIVES),
         "maximize": Key("bool", False, "negate the objective (e.g. maximise range)"),
     },
-    "optimize": {
-        "params": Key("any", ["angle"], "parameters to optimise", check=lambda v: (
+    # ½·miss² has gradients 10⁴× smaller near the target than far away: a long second-
+    # moment memory (beta2 = 0.999) then shrinks Adam's steps to nothing before it arrives.
+    "optimize": optimize_schema(
+        Key("any", ["angle"], "parameters to optimise", check=lambda v: (
             "expected a list of parameter names" if not (isinstance(v, list) and all(isinstance(x, str) for x in v))
             else _params_check(v))),
-        "bounds": Key("table", {}, "name = [low, high]", check=_bounds_check),
-        "optimizer": Key("str", "adam", choices=("adam", "lbfgs")),
-        "iterations": Key("int", 300, lo=1, hi=1_000_000),
-        "lr": Key("float", 0.02, "Adam step size [parameter units]", lo=0.0, lo_open=True),
-        "decay": Key("float", 0.98, "Adam learning-rate decay per iteration", lo=0.0, lo_open=True, hi=1.0),
-        # ½·miss² has gradients 10⁴× smaller near the target than far away: a long second-
-        # moment memory (0.999) then shrinks Adam's steps to nothing before it arrives.
-        "beta2": Key("float", 0.9, "Adam second-moment decay", lo=0.0, lo_open=True, hi=1.0, hi_open=True),
-        "method": Key("str", "discrete", choices=("discrete", "fd")),
-        "seed": Key("int", 0),
-    },
+        ("adam", "lbfgs"), optimizer="adam", iterations=300, lr=0.02, decay=0.98, beta2=0.9,
+        methods=("discrete", "fd"), seed=0, bounds=_bounds_check),
 }
 
 

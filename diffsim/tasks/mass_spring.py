@@ -14,10 +14,11 @@ Scene layout (TOML)::
     [controller]  kind = "none" | "neural" | "sine" | "sequence", hidden, sines, omega, pieces,
                   seed, scale
     [task]        objective = "distance" | "target" | "shape" | "area" | "identify" | "height",
-                  optimize = parameter groups (e.g. ["controller"], ["stiffness"], ["rest"]),
                   target, target_shape_scale, area, true_stiffness_scale, guess_scale,
                   noise (identify: position noise [m] for the identifiability report)
-    [optim]       method = "adam" | "gd" | "lbfgs", lr, iterations, clip, max_grad_norm
+    [optimize]    params = parameter groups (e.g. ["controller"], ["stiffness"], ["rest"]),
+                  optimizer = "adam" | "gd" | "lbfgs", lr, iterations, clip, max_grad_norm
+                  (the section every kind shares: diffsim.optim.optimize_schema)
 """
 import json
 import math
@@ -27,6 +28,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import DiffsimError, GradientError, SceneError
+from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from ..systems import bodies
@@ -80,8 +82,6 @@ SCHEMA = {
     },
     "task": {
         "objective": Key("str", "distance", "objective", choices=OBJECTIVES),
-        "optimize": Key("any", ["controller"], "parameter groups to optimise: controller, stiffness, "
-                        "damping, rest, actuation, mass, x0, y0, vx0, vy0"),
         "target": Key("floats", [1.0, 0.2], "target point [m] (objective target)", length=2),
         "target_shape_scale": Key("float", 1.2, "objective shape: target = initial shape scaled about its centre", lo=0),
         "area": Key("float", 0.1, "objective area: target area [m²]"),
@@ -91,13 +91,11 @@ SCHEMA = {
                      "of the identifiability report", lo=0, lo_open=True),
         "guess_scale": Key("float", 1.0, "identify: initial guess = scene stiffness × this", lo=0, lo_open=True),
     },
-    "optim": {
-        "method": Key("str", "adam", "optimiser", choices=("adam", "gd", "lbfgs")),
-        "lr": Key("float", 0.01, "learning rate", lo=0, lo_open=True),
-        "iterations": Key("int", 100, "iterations", lo=1, hi=1_000_000),
-        "clip": Key("float", 0.0, "gradient 2-norm clip (0: none)", lo=0),
-        "max_grad_norm": Key("float", 1e12, "a larger gradient norm is an error (exploding)", lo=0, lo_open=True),
-    },
+    "optimize": optimize_schema(
+        Key("any", ["controller"], "parameter groups to optimise: controller, stiffness, "
+            "damping, rest, actuation, mass, x0, y0, vx0, vy0"),
+        ("adam", "gd", "lbfgs"), optimizer="adam", iterations=100, lr=0.01, clip=0.0,
+        max_grad_norm=1e12),
 }
 
 GROUPS_CONTROLLER = {"neural": ("w1", "b1", "w2", "b2"), "sine": ("amp", "phase"),
@@ -196,24 +194,24 @@ def check_scene(sc):
         bodies.check_body(body)
     except DiffsimError as e:
         raise SceneError(str(e), file=sc.path, key="body") from None
-    opt = sc["task"]["optimize"]
+    opt = sc["optimize"]["params"]
     known = ("controller",) + BODY_PARAMS
     if not (isinstance(opt, list) and opt and all(o in known for o in opt)) or len(set(opt)) != len(opt):
         raise SceneError(f"must be a non-empty list of distinct names from {', '.join(known)}", file=sc.path,
-                         key="task.optimize", value=opt, has_value=True)
+                         key="optimize.params", value=opt, has_value=True)
     if "controller" in opt and sc["controller"]["kind"] == "none":
         raise SceneError("optimises the controller but controller.kind = 'none'; pick neural, sine "
-                         "or sequence, or optimise body parameters", file=sc.path, key="task.optimize",
+                         "or sequence, or optimise body parameters", file=sc.path, key="optimize.params",
                          value=opt, has_value=True)
     if "controller" in opt and len(body.actuated) == 0:
         raise SceneError("optimises the controller but no spring is actuated (every actuation is 0), so "
                          "the controller has no outputs; give some springs an actuation", file=sc.path,
-                         key="task.optimize", value=opt, has_value=True)
+                         key="optimize.params", value=opt, has_value=True)
     spring_groups = [o for o in opt if o in SPRING_PARAMS]
     if spring_groups and body.n_springs == 0:
         raise SceneError(f"optimises {', '.join(spring_groups)} but the body has no springs ([[springs]] "
                          "is empty); add springs or optimise mass/initial-state groups", file=sc.path,
-                         key="task.optimize", value=opt, has_value=True)
+                         key="optimize.params", value=opt, has_value=True)
     if sc["task"]["objective"] == "identify" and body.n_springs == 0:
         raise SceneError("objective 'identify' fits spring stiffnesses, but the body has no springs",
                          file=sc.path, key="task.objective", value="identify", has_value=True)
@@ -225,7 +223,7 @@ def build(sc, **_):
 
 class MassSpringProblem(Problem):
     """A mass-spring scene as a Problem: the parameters are the flattened entries of the
-    groups in ``task.optimize`` (batch axis first), e.g. ``w1[0,3,2]`` or ``stiffness[0,5]``."""
+    groups in ``optimize.params`` (batch axis first), e.g. ``w1[0,3,2]`` or ``stiffness[0,5]``."""
 
     methods = ("discrete", "fd")
     default_method = "discrete"
@@ -245,7 +243,7 @@ class MassSpringProblem(Problem):
         self.sim.init_controller(c["seed"], c["scale"])
         self.seed = c["seed"]
         groups = []
-        for o in t["optimize"]:
+        for o in sc["optimize"]["params"]:
             groups += list(GROUPS_CONTROLLER[self.sim.controller]) if o == "controller" else [o]
         self.groups = groups
         self._setup_objective()
@@ -448,29 +446,30 @@ class MassSpringProblem(Problem):
         return plots.animate(self, pathlib.Path(out) / f"{self.name}.gif")
 
     # -- optimisation with checkpoints ----------------------------------------------------
-    def make_optimizer(self, method=None):
+    def make_optimizer(self, name=None):
+        """The optimiser ``name`` (default ``optimize.optimizer``) with the scene's lr/clip."""
         from ..optim import LBFGS, Adam, GradientDescent
-        o = self.scene["optim"]
-        method = method or o["method"]
+        o = self.scene["optimize"]
+        name = name or o["optimizer"]
         clip = o["clip"] or None
-        if method == "adam":
+        if name == "adam":
             return Adam(lr=o["lr"], clip=clip)
-        if method == "gd":
+        if name == "gd":
             return GradientDescent(lr=o["lr"], normalize=True, clip=clip)
-        if method == "lbfgs":
+        if name == "lbfgs":
             return LBFGS()
-        raise DiffsimError(f"optim.method={method!r} is not known; use adam, gd or lbfgs")
+        raise DiffsimError(f"optimize.optimizer={name!r} is not known; use adam, gd or lbfgs")
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False, out=None,
                          progress=True, plots=True, optimizer=None):
-        """Optimise ``task.optimize`` with the shared loop (:func:`diffsim.optim.minimize`):
+        """Optimise ``optimize.params`` with the shared loop (:func:`diffsim.optim.minimize`):
         after each iteration ``out/checkpoint.json`` holds the next point, the optimiser
         state and the best point; ``resume=True`` continues from it. Gradient method
-        ``method`` (default discrete); the optimiser is ``optim.method``; a gradient norm
-        above ``optim.max_grad_norm`` stops the run as diverged, keeping the best point."""
+        ``method`` (default discrete); the optimiser is ``optimize.optimizer``; a gradient norm
+        above ``optimize.max_grad_norm`` stops the run as diverged, keeping the best point."""
         from ..optim import minimize
         from ..problem import checkpoint_path, optimization_report
-        o = self.scene["optim"]
+        o = self.scene["optimize"]
         if seed is not None and seed != self.seed:
             self.sim.init_controller(seed, self.scene["controller"]["scale"])
             self.seed = seed

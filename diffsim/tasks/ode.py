@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 
 from ..errors import DiffsimError
+from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from .. import plot, runtime
@@ -42,12 +43,10 @@ SCHEMA = {
         "noise": Key("float", 0.0, "std of Gaussian noise added to synthetic data", lo=0.0),
         "seed": Key("int", 0, "noise seed", lo=0),
     },
-    "fit": {
-        "optimize": Key("any", [], "names of the parameters to fit (list of strings)"),
-        "optimizer": Key("str", "lbfgs", "optimizer for fit/optimize", choices=("lbfgs", "adam", "lm")),
-        "iterations": Key("int", 200, "most iterations", lo=1),
-        "lr": Key("float", 0.05, "Adam step size", lo=0.0, lo_open=True),
-    },
+    # fit and optimize both read it; lm is SciPy's Levenberg–Marquardt on the residuals
+    "optimize": optimize_schema(
+        Key("any", [], "names of the parameters to fit (list of strings)"),
+        ("lbfgs", "adam", "lm"), optimizer="lbfgs", iterations=200, lr=0.05),
 }
 
 
@@ -63,10 +62,10 @@ def check_scene(sc):
     y0 = sc["solve"]["y0"]
     if len(y0) != ode.n:
         raise sc.error(f"must have {ode.n} entries ({', '.join(ode.state_names)})", key="solve.y0", value=y0)
-    opt = sc["fit"]["optimize"]
+    opt = sc["optimize"]["params"]
     if not isinstance(opt, list) or any(o not in ode.param_names for o in opt):
         raise sc.error(f"must be a list of parameter names from {', '.join(ode.param_names)}",
-                       key="fit.optimize", value=opt)
+                       key="optimize.params", value=opt)
     s = sc["solve"]
     if not s["t1"] > s["t0"]:
         raise sc.error("must be greater than solve.t0", key="solve.t1", value=s["t1"])
@@ -111,7 +110,7 @@ class ODEProblem(Problem):
         self.solver = make_solver(s["solver"], **kw)
         self.adjoint = Adjoint(s["adjoint"])
         self.t_span, self.dt, self.y0 = (s["t0"], s["t1"]), s["dt"], np.array(s["y0"])
-        opt = set(sc["fit"]["optimize"])
+        opt = set(sc["optimize"]["params"])
         vals = {k: float(v) for k, v in sc["params"].items()}
         self.params = Parameters([Param(n, vals.get(n, 1.0), optimize=n in opt)
                                   for n in self.ode.param_names])
@@ -281,13 +280,13 @@ class ODEProblem(Problem):
         :func:`diffsim.optim.minimize` (L-BFGS and Adam; LM keeps no state to resume)."""
         if data is not None:
             self.use_data(data)
-        fsec = self.scene["fit"]
+        fsec = self.scene["optimize"]
         optimizer = optimizer or fsec["optimizer"]
         iterations = iterations or fsec["iterations"]
         free = self.params.free
         if not free.any():
-            raise DiffsimError(f"scene '{self.name}' lists no parameter in fit.optimize; "
-                               "add e.g. --set 'fit.optimize=[\"alpha\"]'")
+            raise DiffsimError(f"scene '{self.name}' lists no parameter in optimize.params; "
+                               "add e.g. --set 'optimize.params=[\"alpha\"]'")
         names = [n for n, f in zip(self.params.names, free) if f]
         x = self.params.vector
         self._check_determined(x, names)
@@ -295,7 +294,7 @@ class ODEProblem(Problem):
         interrupted = False
         if optimizer == "lm":
             if resume:
-                raise DiffsimError("--resume works with fit.optimizer = 'lbfgs' or 'adam'; "
+                raise DiffsimError("--resume works with optimize.optimizer = 'lbfgs' or 'adam'; "
                                    "Levenberg–Marquardt keeps no state: run it again")
             from scipy.optimize import least_squares
             best = {"f": math.inf, "x": x.copy(), "n": 0}
