@@ -69,8 +69,9 @@ def import_jax():
 
 
 def import_warp():
+    import logging
     import warp as wp
-    wp.config.quiet = True
+    wp.config.log_level = logging.WARNING   # no banner or per-module load lines in the tables
     wp.init()
     return wp
 
@@ -541,6 +542,13 @@ def main():
     print(f"diffsim vs JAX (jit + scan + vmap) vs Warp (per-step launches, wp.Tape), float64, "
           f"arch={rt.arch}. 'first s': first call incl. compile; times: best of {repeats} warm runs; "
           f"diffsim/peer < 1: diffsim faster. rel.diff: max |peer - diffsim| / max |diffsim|.")
+    versions = []
+    for name, imp in (("jax", import_jax), ("warp", import_warp)):
+        try:
+            versions.append(f"{name} {imp().__version__}")
+        except ImportError:
+            versions.append(f"{name} not installed (pip install 'diffsim[bench]')")
+    print("peers: " + ", ".join(versions) + " (CPU)")
     bad = []
     if a.only in (None, "cannon"):
         bad += cannon([1, 64] if a.quick else [1, 1024, 16384], STEPS, repeats)
