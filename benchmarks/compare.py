@@ -16,6 +16,13 @@ Workloads (each implemented identically in the three tools, same float64 arithme
   Euler, dt = 1e-4 s, gravity -9.81 m/s², no ground. Loss: mean height of the masses at
   the end; gradient with respect to every spring stiffness and initial velocity.
 
+How each peer is written (their idiomatic fast path on CPU): JAX jit-compiles
+value_and_grad of a lax.scan over the steps (vmap over the cannons; springs vectorised
+with .at[].add), without rematerialisation, so like diffsim it stores every step. Warp
+launches one kernel per step (cloth: springs with atomic adds, then masses) into per-step
+arrays and differentiates with wp.Tape (CUDA graph capture, which removes Warp's launch
+overhead, does not exist on CPU).
+
 Times are warm best-of-N (the first call, which compiles, is reported separately as
 "first s"). The losses and gradients of JAX and Warp are compared with diffsim's
 (relative difference: max |peer - diffsim| / max |diffsim| over the vector), since a
