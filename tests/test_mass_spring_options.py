@@ -9,18 +9,7 @@ import diffsim
 from diffsim.errors import DiffsimError, SceneError
 from diffsim.systems import bodies
 from diffsim.systems.mass_spring import MassSpring
-
-
-def fd(sim, objective, name, idx, h):
-    a0 = sim.get(name)
-    vals = []
-    for s in (+1, -1):
-        a = a0.copy()
-        a[idx] += s * h
-        sim.set(**{name: a})
-        vals.append(sim.forward(objective))
-    sim.set(**{name: a0})
-    return (vals[0] - vals[1]) / (2 * h)
+from test_mass_spring import fd   # central differences of a simulator input
 
 
 def check(sim, objective, entries, rtol=1e-5, atol=1e-10):
