@@ -508,14 +508,15 @@ class Projectile(runtime.RuntimeBound):
         """After a forward pass: None when every cannon landed, else a sentence saying how
         many had not by the horizon and about how many steps would let them land."""
         K = len(self.segs)
-        flying = self.alive.to_numpy()[K] == 1
+        o = self.outputs()  # no launch after forward(): its host copy
+        flying = ~o["landed"]
         if not flying.any():
             return None
         t_end = self.steps * self.dt
         y = self.state[1].to_numpy()[K].astype(np.float64)[flying]
         vy = self.state[4].to_numpy()[K].astype(np.float64)[flying]
         g = self._inp_np[I_GRAVITY][flying]
-        left = self.bounces - self.nbounce.to_numpy()[K][flying] + 1
+        left = self.bounces - o["bounces"][flying] + 1
         # vacuum time to come down from here, and each bounce left like the first
         # launch; drag slows the fall, hence the 1.5 margin ("about")
         with np.errstate(all="ignore"):
