@@ -206,3 +206,22 @@ def test_backward_starts_from_clean_gradients_after_any_sequence():
     for name in INPUTS:
         np.testing.assert_array_equal(ref[name], again[name], err_msg=name)
     np.testing.assert_allclose(ref["speed"], fd_grad(sim, "speed", "miss"), rtol=1e-6)
+
+
+def test_an_interrupted_backward_does_not_leak_into_the_next():
+    sim = Projectile(2, steps=800, dt=0.01, integrator="rk4")
+    sim.set_inputs(speed=[30.0, 35.0], angle=[0.6, 0.8], drag=0.001, gravity=9.81, target_x=90.0)
+    sim.forward("miss")
+    want = sim.backward()["angle"].copy()
+    sim.forward("miss")
+    launch = sim._k["launch"]
+
+    class Interrupted:                      # Ctrl-C after the segments' gradients ran
+        @staticmethod
+        def grad():
+            raise KeyboardInterrupt
+    sim._k["launch"] = Interrupted
+    with pytest.raises(KeyboardInterrupt):
+        sim.backward()
+    sim._k["launch"] = launch
+    np.testing.assert_array_equal(sim.backward()["angle"], want)

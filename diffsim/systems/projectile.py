@@ -141,6 +141,7 @@ class Projectile(runtime.RuntimeBound):
         self.set_inputs(speed=30.0, angle=0.7, gravity=9.81)
         self.weight.fill(1.0)
         self._k["clear"]()  # zero gradients, seed loss.grad = 1: backward() keeps it so
+        self._grads_dirty = False
 
     @staticmethod
     def nbytes(batch, steps, real_bytes=8):
@@ -573,15 +574,20 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError("backward() after set_inputs(): the inputs changed since the "
                                "last forward(), so its gradients would mix two points; call "
                                "forward() again first")
-        # Gradients are zero and loss.grad = 1 here: the constructor and every backward()
-        # leave them so (take_grad), which saves a clearing launch per call.
+        # Gradients are zero and loss.grad = 1 here: the constructor and every completed
+        # backward() leave them so (take_grad), which saves a clearing launch per call. A
+        # backward that did not complete (Ctrl-C, an error) leaves them dirty: clear first.
         k = self._k
+        if self._grads_dirty:
+            k["clear"]()
+        self._grads_dirty = True
         k["end"].grad(*self._objective_args)
         for i in reversed(range(len(self.segs))):
             t0, n = self.segs[i]
             k["segment"].grad(i, t0, n, self.dt, self._dummy, False)
         k["launch"].grad()
         k["take_grad"](self._grad)
+        self._grads_dirty = False
         g = self._grad.copy()
         return {n: g[j] for j, n in enumerate(INPUTS)}
 
