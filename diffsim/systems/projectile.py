@@ -463,15 +463,8 @@ class Projectile(runtime.RuntimeBound):
         self._check_runtime()
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
-        self._check_stability()
-        k = self._k
-        self._forward_version = None
-        self._summary = None
-        k["start"]()
-        for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, t0, n, self.dt, self._dummy, False)
         self._objective_args = (OBJECTIVES.index(objective), -1.0 if maximize else 1.0)
-        k["end_fwd"](*self._objective_args, self._res)
+        self._sweep(1, self._objective_args)
         self._summary = self._res.copy()
         val = float(self._res[R_LOSS, 0])
         if not math.isfinite(val):
@@ -485,13 +478,9 @@ class Projectile(runtime.RuntimeBound):
         self._forward_version = self._version
         return val
 
-    def refined_outputs(self, factor=2):
-        """:meth:`outputs` of the same batch simulated with steps of ``dt/factor`` over
-        the same horizon (forward only: no autodiff stack, so a segment may run
-        ``factor`` × as many steps). The last forward pass's tape is invalidated."""
-        self._check_runtime()
-        if not (isinstance(factor, int) and factor >= 1):
-            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
+    def _sweep(self, factor, objective_args):
+        """One forward pass with steps of dt/factor over the horizon; results in self._res.
+        Invalidates the last forward pass's tape (a new one is being written)."""
         self._check_stability()
         k = self._k
         self._forward_version = None
@@ -499,7 +488,16 @@ class Projectile(runtime.RuntimeBound):
         k["start"]()
         for i, (t0, n) in enumerate(self.segs):
             k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
-        k["end_fwd"](2, 1.0, self._res)
+        k["end_fwd"](*objective_args, self._res)
+
+    def refined_outputs(self, factor=2):
+        """:meth:`outputs` of the same batch simulated with steps of ``dt/factor`` over
+        the same horizon (forward only: no autodiff stack, so a segment may run
+        ``factor`` × as many steps). The last forward pass's tape is invalidated."""
+        self._check_runtime()
+        if not (isinstance(factor, int) and factor >= 1):
+            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
+        self._sweep(factor, (2, 1.0))
         self._summary = self._res.copy()
         o = self.outputs()
         o["steps_per_arc"] *= factor
