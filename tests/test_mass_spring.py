@@ -24,13 +24,16 @@ def fd(sim, objective, name, idx, h):
     return (vals[0] - vals[1]) / (2 * h)
 
 
-def check(sim, objective, entries, rtol=RTOL, atol=1e-10):
+def check(sim, objective, entries, rtol=RTOL, atol=1e-10, nonzero=False):
+    """Reverse-mode gradient entries against central differences; ``nonzero``: also
+    require each derivative to be non-zero (a zero one would test nothing)."""
     sim.forward(objective)
     g = sim.backward()
     for name, idx, h in entries:
         want = fd(sim, objective, name, idx, h)
         got = g[name][idx]
         assert abs(got - want) <= atol + rtol * abs(want), (name, idx, got, want)
+        assert not nonzero or want != 0.0 or name == "none", (name, idx)
 
 
 def bouncing_body(height=0.12, vy=-1.0):

@@ -460,8 +460,9 @@ class CannonProblem(Problem):
                 report["max_range"] = self.max_range
             if not hit.all():
                 report.update(self._explain_misses(res, o, n_iter))
-                if res.message.startswith("nothing to do"):   # a resumed, finished run
-                    report["message"] = f"{res.message}; {report['message']}"
+                # why the optimiser stopped (e.g. a resumed, finished run), then why that
+                # leaves targets unhit
+                report["message"] = f"{res.message}; {report['message']}"
         else:
             report["success"] = res.success
         # the model error is in the report per target already
