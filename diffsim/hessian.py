@@ -66,7 +66,13 @@ class HessianResult:
 
     matrix (k, k) symmetric; error (k, k) estimated |error| per entry (None when not
     estimated); eigenvalues ascending (k,), eigenvectors[:, i] the unit direction of
-    eigenvalues[i], in the parameters' own units; steps (k,) the FD step per parameter."""
+    eigenvalues[i], in the parameters' own units; steps (k,) the FD step per parameter.
+
+    Parameters in different units make those eigenvalues mix units. The *relative*
+    analysis (what "stiff" and "sloppy" directions usually mean) uses the Hessian over
+    relative changes, H̃ = S·H·S with S = diag(param_scales), param_scales_i =
+    max(|x_i|, scale_i): relative_eigenvalues/-vectors are those of H̃ (a unit change of
+    a direction moves parameter i by param_scales_i times its entry)."""
 
     names: list
     x: np.ndarray
@@ -82,6 +88,9 @@ class HessianResult:
     steps: np.ndarray
     evaluations: int
     seconds: float
+    param_scales: np.ndarray = None
+    relative_eigenvalues: np.ndarray = None
+    relative_eigenvectors: np.ndarray = None
     note: str = ""
 
     @property
@@ -101,7 +110,92 @@ class HessianResult:
                 "method": self.method, "gradient_method": self.gradient_method,
                 "steps": dict(zip(self.names, self.steps.tolist())),
                 "gradient_evaluations": self.evaluations, "seconds": self.seconds,
+                "param_scales": dict(zip(self.names, self.param_scales.tolist())),
+                "relative_eigenvalues": self.relative_eigenvalues.tolist(),
+                "relative_eigenvectors": self.relative_eigenvectors.tolist(),
                 "note": self.note}
+
+    def text(self, max_rows=12) -> str:
+        """The Hessian, its eigenvalues and the stiffest/sloppiest relative directions."""
+        k = len(self.names)
+        w = max([len(n) for n in self.names] + [6])
+        lines = [f"objective = {self.objective:.10g}; Hessian over {k} parameter(s) by "
+                 f"{self.method} (gradients: {self.gradient_method}, "
+                 f"{self.evaluations} gradient evaluations, {self.seconds:.2f} s)"]
+        shown = list(range(min(k, max_rows)))
+        lines.append(" " * (w + 2) + "".join(f"{self.names[j][:12]:>13}" for j in shown))
+        for i in shown:
+            lines.append(f"  {self.names[i]:<{w}}" + "".join(f"{self.matrix[i, j]:>13.5g}" for j in shown))
+        if k > max_rows:
+            lines.append(f"  … {k - max_rows} more rows/columns (--json prints all)")
+        if self.error is not None:
+            big = float(np.max(np.abs(self.matrix), initial=0.0))
+            lines.append(f"estimated error: max {float(np.max(self.error)):.2g} "
+                         f"({float(np.max(self.error)) / big if big else 0.0:.1g} of the largest entry); "
+                         f"asymmetry before symmetrising {self.asymmetry:.1g} (relative)")
+        lines.append("eigenvalues (parameters' own units): "
+                     + ", ".join(f"{v:.4g}" for v in self.eigenvalues[:max_rows])
+                     + (" …" if k > max_rows else ""))
+        lines.append(f"condition number {self.condition:.3g}; "
+                     + ("positive definite (a minimum if the gradient is zero)"
+                        if self.eigenvalues[0] > 0 else
+                        f"{int(np.sum(self.eigenvalues < 0))} negative eigenvalue(s): not a minimum"
+                        if np.any(self.eigenvalues < 0) else "singular (a zero eigenvalue)"))
+        lines.append("relative eigen-directions (Hessian over relative changes, S·H·S with "
+                     "S = max(|x|, scale)); stiffest first:")
+        order = np.argsort(-np.abs(self.relative_eigenvalues))
+        pick = list(order[:3]) + [i for i in order[-2:] if i not in order[:3]]
+        for n_, i in enumerate(pick):
+            vec = self.relative_eigenvectors[:, i]
+            top = np.argsort(-np.abs(vec))[:3]
+            what = "stiff " if n_ == 0 else "sloppy" if i == order[-1] else "      "
+            lines.append(f"  {what} λ = {self.relative_eigenvalues[i]:>11.4g}: "
+                         + " ".join(f"{vec[j]:+.3f}·{self.names[j]}" for j in top if abs(vec[j]) > 1e-3))
+        if self.note:
+            lines.append("note: " + self.note)
+        return "\n".join(lines)
+
+    def plot(self, out, name="hessian.png"):
+        """hessian.png: heat map of the Hessian normalised as H_ij/√|H_ii·H_jj| (units
+        cancel; the diagonal's magnitudes are in the labels) and the relative
+        eigen-directions (bars), stiffest to sloppiest, with their eigenvalues."""
+        from . import plot
+        plt = plot._plt()
+        k = len(self.names)
+        d = np.sqrt(np.abs(np.diag(self.matrix)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            C = self.matrix / np.outer(d, d)
+        C = np.where(np.isfinite(C), C, 0.0)
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(4.2 + 0.45 * k + 4.5, 0.4 * k + 3.2),
+                                     gridspec_kw={"width_ratios": [1, 1.15]})
+        im = a1.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
+        labels = [f"{n} ({self.matrix[i, i]:.2g})" for i, n in enumerate(self.names)]
+        a1.set_xticks(range(k))
+        a1.set_xticklabels(self.names, rotation=60, ha="right", fontsize=7)
+        a1.set_yticks(range(k))
+        a1.set_yticklabels(labels, fontsize=7)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    a1.text(j, i, f"{C[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(C[i, j]) > 0.6 else "black")
+        fig.colorbar(im, ax=a1, fraction=0.046, pad=0.03, label="H_ij / √|H_ii H_jj|")
+        a1.set_title("Hessian, normalised (diagonal H_ii in labels)", fontsize=9)
+        order = np.argsort(-np.abs(self.relative_eigenvalues))[:8]
+        V = self.relative_eigenvectors[:, order]
+        im2 = a2.imshow(V, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        a2.set_yticks(range(k))
+        a2.set_yticklabels(self.names, fontsize=7)
+        a2.set_xticks(range(len(order)))
+        a2.set_xticklabels([f"{self.relative_eigenvalues[i]:.2g}" for i in order], rotation=60,
+                           ha="right", fontsize=7)
+        a2.set_xlabel("eigenvalue of S·H·S (stiff → sloppy)", fontsize=8)
+        fig.colorbar(im2, ax=a2, fraction=0.046, pad=0.03, label="component")
+        a2.set_title("eigen-directions over relative changes", fontsize=9)
+        fig.suptitle(f"Hessian ({self.method}) at objective {self.objective:.4g}; "
+                     f"condition number {self.condition:.2g}", fontsize=9)
+        fig.tight_layout()
+        return plot.save(fig, out, name)
 
 
 def select(problem, names=None):
@@ -242,12 +336,14 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
         from .errors import GradientError
         raise GradientError(f"{problem.name}: the Hessian has NaN/inf entries at {problem.params.as_dict(x)}")
     w, V = np.linalg.eigh(H)
+    Hs = H * np.outer(s, s)
+    ws, Vs = np.linalg.eigh(Hs)
     method_used = "exact" if exact is not None else "fd-of-gradient"
     note = "" if exact is not None else NO_FOR_NOTE
     problem.value_and_grad(x, method)      # leave the problem evaluated at x, not at x ± t
     return HessianResult(names, x[idx].copy(), float(f), g0.copy(), H, err, asymmetry, w, V,
                          method_used, method, steps if exact is None else np.full(k, math.nan),
-                         n if exact is None else 1, time.perf_counter() - t0, note)
+                         n if exact is None else 1, time.perf_counter() - t0, s, ws, Vs, note)
 
 
 def free_hessian(problem, x, free, method, step=None):
