@@ -18,7 +18,8 @@ more round-off than ε·|g|. A parameter sitting on a bound is differenced one-s
 (second order: (−3g(x) + 4g(x + t) − g(x + 2t)) / 2t) towards the side with room.
 
 Error estimate. The same difference with twice the step: |D(t) − D(2t)|/3 estimates the
-truncation error of D(t) (Richardson, O(t²) scheme) and shows round-off too; for a
+truncation error of D(t) (Richardson, O(t²) scheme), plus a round-off bound
+4ε·max|g|/t (a gradient carrying more round-off than that shows up in the first term); for a
 dense Hessian the asymmetry |H − Hᵀ|/2 of the unsymmetrised differences is a second,
 free estimate. The reported ``error`` is the larger of the two, per entry. The matrix
 returned is symmetrised, (H + Hᵀ)/2.
@@ -235,15 +236,26 @@ def _directional(problem, x, idx, d, t, method, g0, lo, hi):
         xx[idx] += s * d
         return _grad(problem, xx, method)[idx]
     if min(up, down) >= t:
-        return (g_at(t) - g_at(-t)) / (2 * t), 2
+        gp, gm = g_at(t), g_at(-t)
+        _directional.gmax = max(np.max(np.abs(gp), initial=0.0), np.max(np.abs(gm), initial=0.0))
+        return (gp - gm) / (2 * t), 2
     for sgn, room in ((1.0, up), (-1.0, down)):
         if room >= 2 * t:
             n = 2 if g0 is not None else 3
             g0 = _grad(problem, x, method)[idx] if g0 is None else g0
-            return sgn * (-3 * g0 + 4 * g_at(sgn * t) - g_at(2 * sgn * t)) / (2 * t), n
+            g1, g2 = g_at(sgn * t), g_at(2 * sgn * t)
+            # the one-sided weights (3, 4, 1) multiply round-off by 4 over the central one
+            _directional.gmax = 4 * max(np.max(np.abs(a), initial=0.0) for a in (g0, g1, g2))
+            return sgn * (-3 * g0 + 4 * g1 - g2) / (2 * t), n
     raise DiffsimError(f"cannot difference the gradient of {problem.name}: the parameter bounds "
                        f"leave less than {2 * t:.3g} of room on both sides at "
                        f"{problem.params.as_dict(x)}")
+
+
+def _roundoff(gmax, t):
+    """Round-off bound of a gradient difference with step t: a few ulps of the largest
+    gradient entry, divided by the step (2t for central differences)."""
+    return 4 * np.finfo(np.float64).eps * gmax / t
 
 
 def hvp(problem, v, x=None, method=None, names=None, step=None, error_estimate=False) -> HVPResult:
@@ -276,8 +288,9 @@ def hvp(problem, v, x=None, method=None, names=None, step=None, error_estimate=F
     d1, n = _directional(problem, x, idx, v, t, method, None, lo, hi)
     err = None
     if error_estimate:
+        rnd = _roundoff(_directional.gmax, t)
         d2, n2 = _directional(problem, x, idx, v, 2 * t, method, None, lo, hi)
-        err, n = np.abs(d1 - d2) / 3, n + n2
+        err, n = np.abs(d1 - d2) / 3 + rnd, n + n2
     return HVPResult(d1, names, "fd-of-gradient", method, t, err, n)
 
 
@@ -307,6 +320,7 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
     exact = getattr(problem, "exact_hvp", None)
     lo, hi = problem.params.lower[idx], problem.params.upper[idx]
     H1 = np.zeros((k, k))
+    rnd = np.zeros(k)
     H2 = np.zeros((k, k)) if error_estimate and exact is None else None
     n = 1
     for j in range(k):
@@ -318,6 +332,7 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
             H1[:, j] = np.asarray(exact(x, vf, method), dtype=np.float64)[idx]
             continue
         H1[:, j], m = _directional(problem, x, idx, e, steps[j], method, g0, lo, hi)
+        rnd[j] = _roundoff(_directional.gmax, steps[j])
         n += m
         if H2 is not None:
             H2[:, j], m = _directional(problem, x, idx, e, 2 * steps[j], method, g0, lo, hi)
@@ -326,7 +341,7 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
     H = (H1 + H1.T) / 2
     err = None
     if H2 is not None:
-        rich = np.abs(H1 - H2) / 3
+        rich = np.abs(H1 - H2) / 3 + rnd[None, :]
         err = np.maximum((rich + rich.T) / 2, asym)
     elif exact is None:
         err = None
