@@ -176,8 +176,8 @@ class NewtonCG(Newton):
     """Hessian-free Newton: :class:`Newton` with the trust-region step from Steihaug's
     truncated conjugate gradients on Hessian-vector products (never a k×k matrix).
     CG stops at the radius, at negative curvature, after ``max_cg`` products (default
-    min(k, 100)), or when the model residual is ≤ min(0.5, √‖g‖)·‖g‖ (superlinear
-    convergence)."""
+    min(k, 100)), or when the model residual is ≤ min(0.5, ‖g‖)·‖g‖ (the forcing term
+    that keeps Newton's quadratic convergence)."""
 
     name = "newton-cg"
     hessian = "cg"
@@ -588,7 +588,7 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
                 return hvp(u, dd)[F]
             gF = g[F]
             gn = float(np.linalg.norm(gF))
-            pF = _tr_cg(gF, hv, opt.radius, min(0.5, math.sqrt(gn)) * gn,
+            pF = _tr_cg(gF, hv, opt.radius, min(0.5, gn) * gn,
                         opt.max_cg or min(len(gF), 100))
         p = np.zeros_like(u)
         p[F] = pF

@@ -321,8 +321,9 @@ class ODEProblem(Problem):
             x, its, loss = best["x"], best["n"], best["f"]
             self.set(x)
         else:
-            from ..optim import LBFGS, Adam, minimize
-            opt = LBFGS() if optimizer == "lbfgs" else Adam(lr=fsec["lr"])
+            from ..optim import LBFGS, SECOND_ORDER, Adam, make_optimizer, minimize
+            opt = (LBFGS() if optimizer == "lbfgs" else make_optimizer(optimizer)
+                   if optimizer in SECOND_ORDER else Adam(lr=fsec["lr"]))
             r = minimize(self, opt, iterations=iterations, method=method, progress=progress,
                          checkpoint=checkpoint, resume=resume)
             x, its, loss = r.x, r.iterations, r.objective
