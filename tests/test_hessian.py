@@ -163,3 +163,29 @@ def test_cli_hessian_refuses_too_many_parameters(capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "7 parameters" in err and "Hessian-vector products" in err
+
+
+def test_fit_reports_gauss_newton_and_hessian_uncertainty():
+    pb = build(load("oscillator", ["observe.noise=0.05", 'optimize.optimizer="lm"']))
+    r = pb.fit(progress=False, plots=False)
+    assert r["status"] == "converged"
+    assert r["uncertainty_method"].startswith("gauss-newton")
+    hu = r["hessian_uncertainty"]
+    assert hu["method"] == "fd-of-gradient" and "2·s²·H⁻¹" in hu["formula"]
+    names = list(r["std_errors"])
+    gn = np.array([r["std_errors"][n] for n in names])
+    he = np.array([hu["std_errors"][n] for n in names])
+    assert np.all(gn > 0)
+    # small residuals: the Hessian is close to the Gauss–Newton 2JᵀJ, but not equal
+    np.testing.assert_allclose(he, gn, rtol=0.05)
+    assert not np.allclose(he, gn, rtol=1e-9)
+    # the reported covariance is 2s²H⁻¹ of the reported Hessian, its diagonal the errors²
+    H = np.array(hu["hessian"])
+    mask = np.isfinite(pb.data)
+    dof = int(mask.sum()) - len(names)
+    cov = 2 * r["loss"] / dof * np.linalg.inv(H)
+    np.testing.assert_allclose(np.array(hu["covariance"]["matrix"]), cov, rtol=1e-8)
+    np.testing.assert_allclose(np.diag(cov), he ** 2, rtol=1e-10)
+    C = np.array(r["covariance"]["matrix"])
+    np.testing.assert_allclose(np.sqrt(np.diag(C)), gn, rtol=1e-12)
+    assert "Hessian: ±" in pb.report_text(r)
