@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp); method(sp); outputs(sp)
     sp.add_argument("--data", required=True, metavar="FILE.csv", help="CSV: time column then state columns")
     sp.add_argument("--iterations", type=int, default=None)
-    sp.add_argument("--optimizer", default=None, choices=["lbfgs", "adam", "lm", "newton", "newton-cg"],
+    sp.add_argument("--optimizer", default=None, choices=["lbfgs", "adam", "lm", "gauss-newton", "newton", "newton-cg"],
                     help="optimiser (default: the scene's)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_fit)

@@ -133,7 +133,9 @@ class Newton:
     ``hessian="cg"`` (:class:`NewtonCG`) the model step comes from Steihaug's truncated
     conjugate gradients using Hessian-vector products only (2 gradients each): for many
     parameters. A step is accepted when the objective falls; the radius grows after good
-    model agreement (ratio > 0.75) and shrinks after bad (< 0.25).
+    model agreement (ratio > 0.75) and shrinks after bad (< 0.25). Where the change of the
+    objective is within its round-off (100ε·|f|) the step is accepted when it lowers the
+    projected gradient.
 
     Coordinates: those of :func:`minimize` (each parameter divided by its bound range, or
     by max(|x0|, 1)); radius and max_radius are in them. Bounds: parameters at a bound
@@ -183,11 +185,25 @@ class NewtonCG(Newton):
     hessian = "cg"
 
 
-#: second-order optimisers: they work on any Problem (second derivatives from gradients)
+class GaussNewton(Newton):
+    """Gauss–Newton with a trust region, i.e. Levenberg–Marquardt (the trust-region
+    multiplier is LM's damping), for least-squares objectives: :class:`Newton`'s loop
+    with the model Hessian from the problem's residual Jacobian instead of second
+    derivatives. Needs ``problem.gauss_newton_hessian(x)``: the Gauss–Newton
+    approximation (k, k) over the optimisable parameters (for L = Σr², 2JᵀJ; ODE scenes
+    give it from forward sensitivities). Converges quadratically on zero-residual fits,
+    linearly (rate ∝ residual size) otherwise; same statuses, checkpoints and Ctrl-C as
+    every optimiser here."""
+
+    name = "gauss-newton"
+    hessian = "gauss-newton"
+
+
+#: second-order optimisers that work on any Problem (second derivatives from gradients)
 SECOND_ORDER = ("newton", "newton-cg")
 
 OPTIMIZERS = {"adam": Adam, "gd": GradientDescent, "lbfgs": LBFGS, "newton": Newton,
-              "newton-cg": NewtonCG}
+              "newton-cg": NewtonCG, "gauss-newton": GaussNewton}
 
 
 def make_optimizer(name: str, **kw):
@@ -476,8 +492,9 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         message = STATUSES.get(status, status)
     if isinstance(optimizer, Newton) and optimizer.hessian_method:
         message += (f" ({optimizer.t} accepted {optimizer.name} steps; second derivatives "
-                    f"{optimizer.hessian_method}, {optimizer.hessian_gradients} extra gradient "
-                    "evaluations)")
+                    f"{optimizer.hessian_method}"
+                    + (f", {optimizer.hessian_gradients} extra gradient evaluations)"
+                       if optimizer.hessian != "gauss-newton" else ")"))
     try:
         save()
     except KeyboardInterrupt:   # a second Ctrl-C while saving: the previous file stands
@@ -561,8 +578,21 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
         opt.hessian_method = "exact" if getattr(problem, "exact_hvp", None) else "fd-of-gradient"
         return out
 
+    gauss_newton = getattr(problem, "gauss_newton_hessian", None)
+    if opt.hessian == "gauss-newton" and gauss_newton is None:
+        raise DiffsimError(f"optimizer {opt.name!r} needs a least-squares objective with a "
+                           f"residual Jacobian, which {problem.name} does not provide; use "
+                           "newton (second derivatives from gradients) or lbfgs")
+
     # H_u = S H_x S with S = diag(scale): the Hessian in the scaled coordinates
     def hess(u):
+        if opt.hessian == "gauss-newton":
+            try:
+                H = np.asarray(gauss_newton(full(u)), dtype=np.float64)
+            except (GradientError, SimulationError) as e:
+                raise _Stop("diverged", f"while computing the residual Jacobian: {e}") from None
+            opt.hessian_method = "Gauss–Newton (residual Jacobian)"
+            return H * np.outer(scale, scale)
         return second(free_hessian, full(u), free) * np.outer(scale, scale)
 
     def hvp(u, v):
@@ -570,16 +600,16 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
 
     u = np.clip(np.asarray(x[free] / scale, dtype=np.float64), lo, hi)
     f, g = fg(u)
-    H = hess(u) if opt.hessian == "dense" else None
+    H = hess(u) if opt.hessian != "cg" else None
     while True:
         out = ((u <= lo) & (g > 0)) | ((u >= hi) & (g < 0))   # held at a bound
         pg = np.where(out, 0.0, g)
         pgn = float(np.max(np.abs(pg), initial=0.0))
         if pgn <= opt.gtol:
-            return "converged", (f"converged: the projected gradient's largest entry {pgn:.3g} "
+            return "converged", (f"the projected gradient's largest entry {pgn:.3g} "
                                  f"≤ gtol = {opt.gtol:g} (parameters scaled by their range)")
         F = ~out
-        if opt.hessian == "dense":
+        if H is not None:
             pF = _tr_dense(g[F], H[np.ix_(F, F)], opt.radius)
         else:
             def hv(d):
@@ -595,26 +625,33 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
         u_new = np.clip(u + p, lo, hi)
         pc = u_new - u
         if not np.any(pc):
-            return "stalled", "stalled: the Newton step is zero at the parameter bounds"
+            return "stalled", "the Newton step is zero at the parameter bounds"
         Hpc = H @ pc if H is not None else hvp(u, pc)
         pred = -(float(g @ pc) + 0.5 * float(pc @ Hpc))
         f_new, g_new = fg(u_new)
         actual = f - f_new
         rho = actual / pred if pred > 0 else -math.inf
         plen = float(np.linalg.norm(pc))
-        if rho < 0.25:
+        # a change of f within its round-off says nothing about the step: judge it by the
+        # projected gradient instead (else a fit with residuals stalls just short of gtol)
+        flat = abs(actual) <= 100 * np.finfo(np.float64).eps * max(abs(f), abs(f_new))
+        out_new = ((u_new <= lo) & (g_new > 0)) | ((u_new >= hi) & (g_new < 0))
+        smaller = float(np.max(np.abs(np.where(out_new, 0.0, g_new)), initial=0.0)) < pgn
+        if flat and smaller:
+            pass                        # keep the radius
+        elif rho < 0.25:
             opt.radius = 0.25 * plen
         elif rho > 0.75 and plen >= 0.99 * opt.radius:
             opt.radius = min(2.0 * opt.radius, opt.max_radius)
-        if actual > 0 and (rho > 1e-4 or pred <= 0):
+        if (actual > 0 and (rho > 1e-4 or pred <= 0)) or (flat and smaller):
             u, f, g = u_new, f_new, g_new
             opt.t += 1
-            if opt.hessian == "dense":
+            if H is not None:
                 H = hess(u)
         state["x_next"] = full(u)
         save()
         if opt.radius < opt.min_radius:
-            return "stalled", (f"stalled: the trust radius fell to {opt.radius:.2g} (< "
+            return "stalled", (f"the trust radius fell to {opt.radius:.2g} (< "
                                f"{opt.min_radius:g}): no step lowers the objective (round-off "
                                f"level); projected gradient {pgn:.3g} > gtol = {opt.gtol:g}")
 

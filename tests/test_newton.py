@@ -132,3 +132,55 @@ def test_ode_scene_accepts_newton_in_the_shared_section():
     with pytest.raises(DiffsimError, match="newton"):
         load("oscillator", ['optimize.optimizer="newtonn"'])
     assert LBFGS  # imported for the registry test's companions
+
+
+class ExpFit(Problem):
+    """Σ (a·e^{−b t} − y)² over 20 times: a least-squares problem with the Gauss–Newton hook."""
+
+    name = "expfit"
+
+    def __init__(self, noise=0.0):
+        self.params = Parameters([Param("a", 1.0, 0.0, 10.0, True), Param("b", 0.2, 0.0, 5.0, True)])
+        self.t = np.linspace(0, 4, 20)
+        self.y = 3.0 * np.exp(-0.7 * self.t) + noise * np.random.default_rng(0).standard_normal(20)
+
+    def _r(self, x):
+        return x[0] * np.exp(-x[1] * self.t) - self.y
+
+    def _J(self, x):
+        e = np.exp(-x[1] * self.t)
+        return np.column_stack([e, -x[0] * self.t * e])
+
+    def _objective(self, x):
+        return float(self._r(x) @ self._r(x))
+
+    def _value_and_grad(self, x, method):
+        return self._objective(x), 2 * self._J(x).T @ self._r(x)
+
+    def gauss_newton_hessian(self, x):
+        return 2 * self._J(x).T @ self._J(x)
+
+
+def test_gauss_newton_on_residuals():
+    from diffsim.optim import GaussNewton
+    r = minimize(ExpFit(), GaussNewton(), iterations=50)
+    assert r.status == "converged" and "Gauss–Newton" in r.message
+    np.testing.assert_allclose(r.x, [3.0, 0.7], rtol=1e-9)
+    assert r.iterations <= 15
+    noisy = ExpFit(noise=0.05)
+    r2 = minimize(noisy, GaussNewton(), iterations=50)
+    r3 = minimize(ExpFit(noise=0.05), Newton(), iterations=50)
+    assert r2.status == r3.status == "converged"
+    np.testing.assert_allclose(r2.x, r3.x, rtol=1e-7)      # the same least-squares optimum
+    with pytest.raises(DiffsimError, match="residual Jacobian.*use newton"):
+        minimize(Rosenbrock(), GaussNewton(), iterations=5)
+
+
+def test_ode_fit_with_gauss_newton():
+    pb = build(load("oscillator", ['optimize.optimizer="gauss-newton"', "observe.noise=0.02"]))
+    r = pb.fit(progress=False, plots=False)
+    assert r["status"] == "converged", r["message"]
+    lm = build(load("oscillator", ['optimize.optimizer="lm"', "observe.noise=0.02"])).fit(
+        progress=False, plots=False)
+    for n in ("omega", "zeta"):
+        assert r["params"][n] == pytest.approx(lm["params"][n], rel=1e-6)

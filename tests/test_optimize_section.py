@@ -99,7 +99,7 @@ OLD_DEFAULTS = {
     "ode": {"params": [], "optimizer": "lbfgs", "iterations": 200, "lr": 0.05},
 }
 OLD_CHOICES = {"cannon": ("adam", "lbfgs"), "mass_spring": ("adam", "gd", "lbfgs"),
-               "ode": ("lbfgs", "adam", "lm")}
+               "ode": ("lbfgs", "adam", "lm", "gauss-newton")}
 
 
 @pytest.mark.parametrize("kind", sorted(OLD_DEFAULTS))
@@ -111,7 +111,7 @@ def test_each_kind_keeps_its_defaults(kind):
 
 
 def test_optimize_schema_refuses_an_unknown_optimizer():
-    with pytest.raises(ValueError, match="adam, gd, lbfgs, newton, newton-cg, lm"):
+    with pytest.raises(ValueError, match="adam, gd, lbfgs, newton, newton-cg, gauss-newton, lm"):
         optimize_schema(Key("any", []), ("adam", "bfgs"), optimizer="adam", iterations=1, lr=0.1)
     with pytest.raises(ValueError):
         optimize_schema(Key("any", []), ("adam",), optimizer="lbfgs", iterations=1, lr=0.1)

@@ -46,7 +46,7 @@ SCHEMA = {
     # fit and optimize both read it; lm is SciPy's Levenberg–Marquardt on the residuals
     "optimize": optimize_schema(
         Key("any", [], "names of the parameters to fit (list of strings)"),
-        ("lbfgs", "adam", "lm"), optimizer="lbfgs", iterations=200, lr=0.05),
+        ("lbfgs", "adam", "lm", "gauss-newton"), optimizer="lbfgs", iterations=200, lr=0.05),
 }
 
 
@@ -326,7 +326,7 @@ class ODEProblem(Problem):
         else:
             from ..optim import LBFGS, SECOND_ORDER, Adam, make_optimizer, minimize
             opt = (LBFGS() if optimizer == "lbfgs" else make_optimizer(optimizer)
-                   if optimizer in SECOND_ORDER else Adam(lr=fsec["lr"]))
+                   if optimizer in (*SECOND_ORDER, "gauss-newton") else Adam(lr=fsec["lr"]))
             r = minimize(self, opt, iterations=iterations, method=method, progress=progress,
                          checkpoint=checkpoint, resume=resume)
             x, its, loss = r.x, r.iterations, r.objective
@@ -390,6 +390,13 @@ class ODEProblem(Problem):
         if plots and out is not None and not interrupted:
             report["plots"] = [str(self._plot_fit(x, pathlib.Path(out)))]
         return report
+
+    def gauss_newton_hessian(self, x):
+        """2JᵀJ (k, k) over the optimisable parameters at ``x``: the Gauss–Newton
+        approximation of the Hessian of Σr² (J: residual Jacobian from forward
+        sensitivities, unobserved values left out). Used by optimizer "gauss-newton"."""
+        J = self.residual_jacobian(self._as_x(x))[np.isfinite(self.data).ravel()]
+        return 2.0 * J.T @ J
 
     def _hessian_uncertainty(self, x, method, names, rss, dof):
         """Uncertainty from the full Hessian H of the objective L = Σr² at ``x`` (not the
