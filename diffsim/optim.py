@@ -618,16 +618,19 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
                 return hvp(u, dd)[F]
             gF = g[F]
             gn = float(np.linalg.norm(gF))
-            pF = _tr_cg(gF, hv, opt.radius, min(0.5, gn) * gn,
-                        opt.max_cg or min(len(gF), 100))
+            pF, mF = _tr_cg(gF, hv, opt.radius, min(0.5, gn) * gn,
+                            opt.max_cg or min(len(gF), 100))
         p = np.zeros_like(u)
         p[F] = pF
         u_new = np.clip(u + p, lo, hi)
         pc = u_new - u
         if not np.any(pc):
             return "stalled", "the Newton step is zero at the parameter bounds"
-        Hpc = H @ pc if H is not None else hvp(u, pc)
-        pred = -(float(g @ pc) + 0.5 * float(pc @ Hpc))
+        if H is None and np.array_equal(pc, p):
+            pred = -mF                  # the CG model value: no extra product needed
+        else:
+            Hpc = H @ pc if H is not None else hvp(u, pc)
+            pred = -(float(g @ pc) + 0.5 * float(pc @ Hpc))
         f_new, g_new = fg(u_new)
         actual = f - f_new
         rho = actual / pred if pred > 0 else -math.inf
@@ -683,30 +686,35 @@ def _tr_dense(g, H, radius):
 
 
 def _tr_cg(g, hv, radius, tol, maxit):
-    """Steihaug–Toint truncated CG for argmin g·p + ½pᵀHp over |p| ≤ radius, with
-    H·d = hv(d): stops at the boundary, at negative curvature or at residual ≤ tol."""
+    """Steihaug–Toint truncated CG for argmin m(p) = g·p + ½pᵀHp over |p| ≤ radius,
+    with H·d = hv(d): stops at the boundary, at negative curvature or at residual ≤ tol.
+    Returns (p, m(p)); m is tracked along the way (r·d = −|r|² in CG), so the caller
+    needs no extra product to judge the step."""
     p = np.zeros_like(g)
     r = g.copy()
     d = -r
+    m = 0.0
     if float(np.linalg.norm(r)) <= tol:
-        return p
+        return p, m
 
-    def to_boundary(p, d):
+    def to_boundary(p, d, rr, dHd):
         a, b, c = float(d @ d), 2 * float(p @ d), float(p @ p) - radius ** 2
-        return p + (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a) * d
+        tau = (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+        return p + tau * d, m - tau * rr + 0.5 * tau * tau * dHd
     for _ in range(maxit):
         Hd = hv(d)
         dHd = float(d @ Hd)
-        if dHd <= 0:
-            return to_boundary(p, d)
         rr = float(r @ r)
+        if dHd <= 0:
+            return to_boundary(p, d, rr, dHd)
         alpha = rr / dHd
         p_new = p + alpha * d
         if float(np.linalg.norm(p_new)) >= radius:
-            return to_boundary(p, d)
+            return to_boundary(p, d, rr, dHd)
         r = r + alpha * Hd
         p = p_new
+        m -= 0.5 * alpha * rr
         if float(np.linalg.norm(r)) <= tol:
-            return p
+            return p, m
         d = -r + (float(r @ r) / rr) * d
-    return p
+    return p, m
