@@ -184,3 +184,26 @@ def test_ode_fit_with_gauss_newton():
         progress=False, plots=False)
     for n in ("omega", "zeta"):
         assert r["params"][n] == pytest.approx(lm["params"][n], rel=1e-6)
+
+
+@pytest.mark.parametrize("k,radius", [(4, 0.05), (4, 50.0), (7, 0.5)])
+def test_trust_region_subproblems_meet_the_optimality_conditions(k, radius):
+    from diffsim.optim import _tr_cg, _tr_dense
+    rng = np.random.default_rng(k)
+    M = rng.standard_normal((k, k))
+    H = M + M.T                           # indefinite
+    g = rng.standard_normal(k)
+    p = _tr_dense(g, H, radius)
+    # Moré–Sorensen: (H + λI)p = −g with λ ≥ 0, H + λI ⪰ 0, and |p| = radius when λ > 0
+    lam = float(np.mean(-(g + H @ p) / p))
+    np.testing.assert_allclose((H + lam * np.eye(k)) @ p, -g, atol=1e-8)
+    assert lam >= -1e-10 and np.linalg.eigvalsh(H + lam * np.eye(k))[0] >= -1e-8
+    assert np.linalg.norm(p) == pytest.approx(radius, rel=1e-9)
+    # the model value beats random points of the ball and the CG step
+    m = lambda q: g @ q + 0.5 * q @ H @ q    # noqa: E731
+    qs = rng.standard_normal((2000, k))
+    qs *= radius * rng.random((2000, 1)) ** (1 / k) / np.linalg.norm(qs, axis=1, keepdims=True)
+    assert m(p) <= min(m(q) for q in qs) + 1e-12
+    pc, mc = _tr_cg(g, lambda d: H @ d, radius, 1e-12, 50)
+    assert mc == pytest.approx(m(pc), rel=1e-10, abs=1e-12) and m(p) <= mc + 1e-12
+    assert np.linalg.norm(pc) <= radius * (1 + 1e-12)
