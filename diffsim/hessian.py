@@ -227,8 +227,9 @@ def _room(x, d, lo, hi):
 
 
 def _directional(problem, x, idx, d, t, method, g0, lo, hi):
-    """(derivative of the gradient along d, rows idx) with step t, and the number of
-    gradients it took: central inside the bounds, else second-order one-sided."""
+    """(derivative of the gradient along d (rows idx) with step t, the number of
+    gradients it took, the round-off bound of the difference): central inside the
+    bounds, else second-order one-sided."""
     up, down = _room(x[idx], d, lo, hi), _room(x[idx], -d, lo, hi)
 
     def g_at(s):
@@ -237,16 +238,16 @@ def _directional(problem, x, idx, d, t, method, g0, lo, hi):
         return _grad(problem, xx, method)[idx]
     if min(up, down) >= t:
         gp, gm = g_at(t), g_at(-t)
-        _directional.gmax = max(np.max(np.abs(gp), initial=0.0), np.max(np.abs(gm), initial=0.0))
-        return (gp - gm) / (2 * t), 2
+        gmax = max(np.max(np.abs(gp), initial=0.0), np.max(np.abs(gm), initial=0.0))
+        return (gp - gm) / (2 * t), 2, _roundoff(gmax, t)
     for sgn, room in ((1.0, up), (-1.0, down)):
         if room >= 2 * t:
             n = 2 if g0 is not None else 3
             g0 = _grad(problem, x, method)[idx] if g0 is None else g0
             g1, g2 = g_at(sgn * t), g_at(2 * sgn * t)
             # the one-sided weights (3, 4, 1) multiply round-off by 4 over the central one
-            _directional.gmax = 4 * max(np.max(np.abs(a), initial=0.0) for a in (g0, g1, g2))
-            return sgn * (-3 * g0 + 4 * g1 - g2) / (2 * t), n
+            gmax = 4 * max(np.max(np.abs(a), initial=0.0) for a in (g0, g1, g2))
+            return sgn * (-3 * g0 + 4 * g1 - g2) / (2 * t), n, _roundoff(gmax, t)
     raise DiffsimError(f"cannot difference the gradient of {problem.name}: the parameter bounds "
                        f"leave less than {2 * t:.3g} of room on both sides at "
                        f"{problem.params.as_dict(x)}")
@@ -285,11 +286,10 @@ def hvp(problem, v, x=None, method=None, names=None, step=None, error_estimate=F
     rel = REL_STEP if step is None else float(step)
     t = rel / float(np.max(np.abs(v) / s))
     lo, hi = problem.params.lower[idx], problem.params.upper[idx]
-    d1, n = _directional(problem, x, idx, v, t, method, None, lo, hi)
+    d1, n, rnd = _directional(problem, x, idx, v, t, method, None, lo, hi)
     err = None
     if error_estimate:
-        rnd = _roundoff(_directional.gmax, t)
-        d2, n2 = _directional(problem, x, idx, v, 2 * t, method, None, lo, hi)
+        d2, n2, _ = _directional(problem, x, idx, v, 2 * t, method, None, lo, hi)
         err, n = np.abs(d1 - d2) / 3 + rnd, n + n2
     return HVPResult(d1, names, "fd-of-gradient", method, t, err, n)
 
@@ -331,11 +331,10 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
             vf[idx[j]] = 1.0
             H1[:, j] = np.asarray(exact(x, vf, method), dtype=np.float64)[idx]
             continue
-        H1[:, j], m = _directional(problem, x, idx, e, steps[j], method, g0, lo, hi)
-        rnd[j] = _roundoff(_directional.gmax, steps[j])
+        H1[:, j], m, rnd[j] = _directional(problem, x, idx, e, steps[j], method, g0, lo, hi)
         n += m
         if H2 is not None:
-            H2[:, j], m = _directional(problem, x, idx, e, 2 * steps[j], method, g0, lo, hi)
+            H2[:, j], m, _ = _directional(problem, x, idx, e, 2 * steps[j], method, g0, lo, hi)
             n += m
     asym = np.abs(H1 - H1.T) / 2
     H = (H1 + H1.T) / 2
@@ -343,8 +342,6 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
     if H2 is not None:
         rich = np.abs(H1 - H2) / 3 + rnd[None, :]
         err = np.maximum((rich + rich.T) / 2, asym)
-    elif exact is None:
-        err = None
     scale_h = float(np.max(np.abs(H), initial=0.0))
     asymmetry = float(np.max(asym, initial=0.0)) / scale_h if scale_h > 0 else 0.0
     if not np.all(np.isfinite(H)):
@@ -392,4 +389,4 @@ def free_hvp(problem, x, free, v, method, step=None):
     s = _scales(problem, x, idx)
     t = (REL_STEP if step is None else float(step)) / float(np.max(np.abs(v) / s))
     lo, hi = problem.params.lower[idx], problem.params.upper[idx]
-    return _directional(problem, x, idx, np.asarray(v, dtype=np.float64), t, method, None, lo, hi)
+    return _directional(problem, x, idx, np.asarray(v, dtype=np.float64), t, method, None, lo, hi)[:2]
