@@ -207,3 +207,16 @@ def test_trust_region_subproblems_meet_the_optimality_conditions(k, radius):
     pc, mc = _tr_cg(g, lambda d: H @ d, radius, 1e-12, 50)
     assert mc == pytest.approx(m(pc), rel=1e-10, abs=1e-12) and m(p) <= mc + 1e-12
     assert np.linalg.norm(pc) <= radius * (1 + 1e-12)
+
+
+@pytest.mark.slow
+def test_convergence_example_runs(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = tmp_path / "c.png"
+    r = subprocess.run([sys.executable, str(root / "examples" / "convergence.py"), "--out", str(out),
+                        "--iterations", "15"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cannon" in r.stdout and "Newton" in r.stdout and out.stat().st_size > 1000

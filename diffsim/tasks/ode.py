@@ -509,7 +509,7 @@ class ODEProblem(Problem):
             if h is not None and math.isfinite(h):
                 tail += f"; Hessian: ± {h:.3g}"
             lines.append(f"  {n:<{w}} = {v:.10g}{tail}")
-        if names:
+        if any(math.isfinite(v) for v in r["std_errors"].values()):
             lines.append("standard errors from Gauss–Newton s²(JᵀJ)⁻¹"
                          + ("; 'Hessian:' from 2s²H⁻¹ with H by central differences of exact "
                             "gradients" if hse else ""))
