@@ -6,7 +6,7 @@ from .errors import DiffsimError, GradientError, RuntimeStateError, SceneError, 
 from .runtime import init
 from .problem import Param, Parameters, Problem
 from .gradcheck import gradcheck
-from .optim import LBFGS, Adam, GradientDescent, minimize
+from .optim import LBFGS, Adam, GaussNewton, GradientDescent, Newton, NewtonCG, minimize
 from .scene import build, load
 from .ode import ODE, Adjoint, solve
 from .systems.bodies import Body
@@ -14,7 +14,8 @@ from .systems.mass_spring import MassSpring
 
 __all__ = [
     "init", "load", "build", "Problem", "Param", "Parameters", "gradcheck", "minimize",
-    "Adam", "GradientDescent", "LBFGS", "MassSpring", "Body", "ODE", "solve", "Adjoint",
+    "Adam", "GradientDescent", "LBFGS", "Newton", "NewtonCG", "GaussNewton",
+    "MassSpring", "Body", "ODE", "solve", "Adjoint",
     "DiffsimError", "SceneError", "SimulationError", "GradientError", "RuntimeStateError",
 ]
 __version__ = "0.1.0"
