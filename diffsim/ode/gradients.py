@@ -34,8 +34,9 @@ import numpy as np
 import taichi as ti
 
 from .. import runtime
-from ..errors import DiffsimError
+from ..errors import DiffsimError, SimulationError
 from .pointwise import PointJacobian
+from .solvers import RK4, Dopri5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +91,9 @@ def _kernels():
                     G[b, col] += s
 
     @ti.kernel
-    def rev(R: nd, r: nd, Gm: nd, g: nd, src: nd, lam: nd, mu: nd, tmp: nd):
-        # backwards: λ += src_{i+1};  μ += G_i λ + g_i;  λ = R_i λ + r_i
+    def rev(R: nd, r: nd, Gm: nd, g: nd, src: nd, lam: nd, mu: nd, tmp: nd, lp: nd, mp: nd):
+        # backwards: λ += src_{i+1};  (lp, mp)[i+1] = (λ, μ);  μ += G_i λ + g_i;
+        # λ = R_i λ + r_i;  finally (lp, mp)[0] = (λ, μ)
         L, B, n, m = R.shape[0], R.shape[1], R.shape[2], Gm.shape[2]
         ti.loop_config(serialize=True)
         for b in range(B):
@@ -99,6 +101,9 @@ def _kernels():
                 i = L - 1 - ii
                 for c in range(n):
                     lam[b, c] += src[i + 1, b, c]
+                    lp[i + 1, b, c] = lam[b, c]
+                for j in range(m):
+                    mp[i + 1, b, j] = mu[b, j]
                 for j in range(m):
                     s = g[i, b, j]
                     for c in range(n):
@@ -111,9 +116,81 @@ def _kernels():
                     tmp[b, c] = s
                 for c in range(n):
                     lam[b, c] = tmp[b, c]
+            for c in range(n):
+                lp[0, b, c] = lam[b, c]
+            for j in range(m):
+                mp[0, b, j] = mu[b, j]
 
     _KERNELS.update(gen=gen, fwd=fwd, rev=rev)
     return fwd, rev
+
+
+def _stage_kernel(a, b, e, n, m):
+    """Forward-only kernel for one explicit RK tableau (a, b; error weights e) applied to
+    the adjoint ODE backwards in time over L steps (s = -t), for z = (λ, μ):
+
+        dλ/ds = Jᵀλ + g_y,   dμ/ds = (∂f/∂p)ᵀλ + g_p
+
+    with JJ = [J | ∂f/∂p] (M, B, n, n + m) and gg = [g_y | g_p] (M, B, n + m) given at M
+    points; stage q of step l reads point idx[q, l]. Step l goes from t_{l+1} to t_l with
+    size h[l], λ first jumping by src[l+1] (src: (L + 1, B, n)). Stage λ's are formed
+    directly from λ (no matrices): O(s²n + s·n·(n + m)) per step. Writes z at t_0 in
+    place, lp[l] = λ entering step l - 1 (after its jump; lp[0] = λ(t_0) before src[0])
+    and err[l, b] = Σ over the n + m components of (h·Σ e_q k_q / (atol + rtol·max(|z|,
+    |z'|)))². scratch: (s + 1, B, n + m). Compiled per tableau and (n, m) (unrolled)."""
+    key = ("stage", tuple(map(tuple, a)), tuple(b), tuple(e), n, m, runtime.current().generation)
+    k = _KERNELS.get(key)
+    if k is not None:
+        return k
+    s = len(b)
+    a = [[float(x) for x in row] + [0.0] * (s - len(row)) for row in a]
+    b, e = [float(x) for x in b], [float(x) for x in e]
+    N = n + m
+    nd = ti.types.ndarray()
+
+    @ti.kernel
+    def stages(h: nd, idx: nd, JJ: nd, gg: nd, src: nd, z: nd, K: nd, lp: nd, err: nd,
+               rtol: ti.f64, atol: ti.f64):
+        L, B = h.shape[0], z.shape[0]
+        ti.loop_config(serialize=True)
+        for bb in range(B):
+            for ii in range(L):
+                l = L - 1 - ii
+                hl = h[l]
+                for c in ti.static(range(n)):
+                    z[bb, c] += src[l + 1, bb, c]
+                    lp[l + 1, bb, c] = z[bb, c]
+                for q in ti.static(range(s)):
+                    pt = idx[q, l]
+                    for c in ti.static(range(n)):            # stage λ, kept in scratch row s
+                        v = z[bb, c]
+                        for j in ti.static(range(q)):
+                            if ti.static(a[q][j] != 0.0):
+                                v += hl * a[q][j] * K[j, bb, c]
+                        K[s, bb, c] = v
+                    for c in ti.static(range(N)):
+                        acc = gg[pt, bb, c]
+                        for d in ti.static(range(n)):
+                            acc += JJ[pt, bb, d, c] * K[s, bb, d]
+                        K[q, bb, c] = acc
+                sq = 0.0
+                for c in ti.static(range(N)):
+                    dz, ez = 0.0, 0.0
+                    for q in ti.static(range(s)):
+                        if ti.static(b[q] != 0.0):
+                            dz += b[q] * K[q, bb, c]
+                        if ti.static(e[q] != 0.0):
+                            ez += e[q] * K[q, bb, c]
+                    new = z[bb, c] + hl * dz
+                    sc = atol + rtol * ti.max(ti.abs(z[bb, c]), ti.abs(new))
+                    sq += (hl * ez / sc) ** 2
+                    z[bb, c] = new
+                err[l, bb] = sq
+            for c in ti.static(range(n)):
+                lp[0, bb, c] = z[bb, c]
+
+    _KERNELS[key] = stages
+    return stages
 
 
 # -- pointwise Jacobians of one (ODE, solver, batch) ----------------------------------
@@ -282,22 +359,73 @@ def _discrete_maps(grid, i0, tape):
             np.ascontiguousarray(np.swapaxes(psi, 2, 3)), np.zeros((L, B, grid.ode.m)))
 
 
-def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None):
+def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     """Continuous adjoint (see module doc): (dL/dp (B, m), dL/dy0 (B, n)). trace: a list
-    that receives (times, λ) per segment, for plots of the adjoint state."""
+    that receives (times, λ) per segment, for plots of the adjoint state. stats: a dict
+    that receives the backward pass's step count and refinement passes (adaptive solvers).
+
+    Fixed-step solvers: classic RK4 on the solver's own grid (its error is the grid's
+    discretisation error). Adaptive solvers (Dopri5): :func:`_adaptive_adjoint`, the
+    solver's own tableau with error control at its rtol/atol."""
     if kind == "backsolve" and grid.solver.implicit:
         raise DiffsimError("Adjoint(kind='backsolve') integrates the state backwards with an "
                            "explicit method, which is unstable for the stiff problems implicit "
                            "solvers are for; use Adjoint(kind='checkpointed')")
+    if grid.solver.adaptive:
+        return _adaptive_adjoint(grid, kind == "backsolve", trace, stats)
     return _reverse(grid, lambda i0, tape, stages: _adjoint_maps(grid, i0, tape, stages),
                     backsolve=kind == "backsolve", discrete=False, trace=trace)
 
 
+def _mv(M, v):
+    """Batched matrix-vector product (..., i, j) × (..., j) -> (..., i)."""
+    return (M @ v[..., None])[..., 0]
+
+
+def _rk_maps(a, b, e, h, A, C, gy=None, gp=None):
+    """Affine maps of one explicit Runge–Kutta step (tableau a, b) of the adjoint ODE
+    backwards in time, s = -t:  dλ/ds = A_q λ + gy_q,  dμ/ds = C_q λ + gp_q  with, at stage
+    q, A_q = Jᵀ (L, B, n, n), C_q = (∂f/∂p)ᵀ (L, B, m, n) and the running cost's gradients
+    gy_q (L, B, n), gp_q (L, B, m) (lists over the stages; gy, gp None without a running
+    cost); h (L,) the step sizes. Each stage's λ_q = M_q λ + v_q is affine in the step's
+    starting λ, so one step is λ' = R λ + r, μ' = μ + G λ + g. Returns (R, r, G, g) and,
+    with error weights e (b minus the embedded weights), the local error estimates
+    err_λ = E λ + ε and err_μ = F λ + φ as (E, ε, F, φ)."""
+    L, B, n = A[0].shape[:3]
+    m = C[0].shape[2]
+    eye = np.eye(n)
+    hv, hb = h[:, None, None, None], h[:, None, None]
+    KM, kv, CM, cv = [], [], [], []            # stage slopes: k_q = KM_q λ + kv_q (λ and μ)
+    for q in range(len(b)):
+        gyq = gy[q] if gy is not None else np.zeros((L, B, n))
+        gpq = gp[q] if gp is not None else np.zeros((L, B, m))
+        terms = [(w, j) for j, w in enumerate(a[q]) if w != 0.0]
+        if not terms:                                  # λ_q = λ
+            KM.append(A[q])
+            kv.append(gyq)
+            CM.append(C[q])
+            cv.append(gpq)
+            continue
+        M = eye + hv * sum(w * KM[j] for w, j in terms)
+        v = hb * sum(w * kv[j] for w, j in terms)
+        KM.append(A[q] @ M)
+        kv.append(_mv(A[q], v) + gyq)
+        CM.append(C[q] @ M)
+        cv.append(_mv(C[q], v) + gpq)
+
+    def wsum(w, X):
+        return sum(wq * X[q] for q, wq in enumerate(w) if wq != 0.0)
+    out = [eye + hv * wsum(b, KM), hb * wsum(b, kv), hv * wsum(b, CM), hb * wsum(b, cv)]
+    if e is not None:
+        out += [hv * wsum(e, KM), hb * wsum(e, kv), hv * wsum(e, CM), hb * wsum(e, cv)]
+    return tuple(np.ascontiguousarray(np.broadcast_to(x, (L, B) + x.shape[2:])) for x in out)
+
+
 def _adjoint_maps(grid, i0, tape, stages):
-    """Affine maps of one RK4 step of the (linear) adjoint ODE backwards in time:
-    λ_i = R λ_{i+1} + r and μ_i = μ_{i+1} + G λ_{i+1} + g, from J at the stage states."""
+    """Affine maps of one classic RK4 step of the (linear) adjoint ODE backwards in time
+    (fixed-step and implicit solvers): λ_i = R λ_{i+1} + r and μ_i = μ_{i+1} + G λ_{i+1} + g,
+    from J at the stage states."""
     ode, p = grid.ode, grid.params
-    n, m = ode.n, ode.m
     L = tape.shape[0] - 1
     h = grid.h[i0:i0 + L]
     t1 = grid.t[i0:i0 + L] + h
@@ -312,41 +440,20 @@ def _adjoint_maps(grid, i0, tape, stages):
         pts = [tape[1:], mid, mid, tape[:-1]]
     else:                    # backsolve: the recorded backward RK4 stages
         Js, Jps, pts = [], [], []
-        for q, cq in enumerate((0.0, 0.5, 0.5, 1.0)):
+        for q, cq in enumerate(RK4.c):
             _, J, Jp = grid.jac("rhs", stages[:, q], t1 - cq * h, 0.0, p)
             Js.append(J)
             Jps.append(Jp)
             pts.append(stages[:, q])
-    B = tape.shape[1]
+    gys = gps = None
     if ode.running is not None:
         gys, gps = [], []
-        for q, cq in enumerate((0.0, 0.5, 0.5, 1.0)):
+        for q, cq in enumerate(RK4.c):
             _, gy, gp = grid.jac("running", pts[q], t1 - cq * h, 0.0, p)
             gys.append(gy[:, :, 0])
             gps.append(gp[:, :, 0])
-    else:
-        gys, gps = [np.zeros((L, B, n))] * 4, [np.zeros((L, B, m))] * 4
-    hb = h[:, None, None]
-    hv = h[:, None, None, None]
-    eye = np.eye(n)
-    A = [np.swapaxes(J, 2, 3) for J in Js]         # dλ/ds = Jᵀλ + g_y  (s = -t)
-    C = [np.swapaxes(Jp, 2, 3) for Jp in Jps]      # dμ/ds = f_pᵀλ + g_p
-    M, v = np.broadcast_to(eye, (L, B, n, n)), np.zeros((L, B, n))
-    Rsum, rsum = np.zeros((L, B, n, n)), np.zeros((L, B, n))
-    Gsum, gsum = np.zeros((L, B, m, n)), np.zeros((L, B, m))
-    for q, (wq, cnext) in enumerate(((1, 0.5), (2, 0.5), (2, 1.0), (1, None))):
-        K = A[q] @ M                                 # stage slope k_q = K λ + κ
-        kap = np.einsum("lbij,lbj->lbi", A[q], v) + gys[q]
-        Rsum += wq * K
-        rsum += wq * kap
-        Gsum += wq * (C[q] @ M)
-        gsum += wq * (np.einsum("lbij,lbj->lbi", C[q], v) + gps[q])
-        if cnext is not None:                        # next stage's λ = M λ + v
-            M = eye + cnext * hv * K
-            v = cnext * hb * kap
-    R = eye + hv / 6 * Rsum
-    return (np.ascontiguousarray(R), np.ascontiguousarray(hb / 6 * rsum),
-            np.ascontiguousarray(hv / 6 * Gsum), np.ascontiguousarray(hb / 6 * gsum))
+    return _rk_maps(RK4.a, RK4.b, None, h, [np.swapaxes(J, 2, 3) for J in Js],
+                    [np.swapaxes(Jp, 2, 3) for Jp in Jps], gys, gps)
 
 
 def _reverse(grid: Grid, maps, backsolve=False, discrete=True, trace=None):
@@ -375,12 +482,18 @@ def _reverse(grid: Grid, maps, backsolve=False, discrete=True, trace=None):
         R, r, G, g = maps(i0, tape, stages)
         if trace is not None:
             trace.append(_lambda_path(grid, i0, R, r, src, lam))
-        rev(R, r, G, g, src, lam, mu, tmp)
+        lp, mp = np.zeros(tape.shape), np.zeros((tape.shape[0], B, ode.m))
+        rev(R, r, G, g, src, lam, mu, tmp, lp, mp)
         src0 = src[0]
     lam += src0
-    y_init, dy0dp = grid.initial()
+    return _initial_gradients(grid, lam, mu)
+
+
+def _initial_gradients(grid, lam, mu):
+    """(dL/dp, dL/dy0) from λ(t0) and μ(t0): through y0(p) when the ODE has one."""
+    _, dy0dp = grid.initial()
     if dy0dp is not None:
-        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros((B, n))
+        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros(lam.shape)
     return mu, lam
 
 
@@ -396,3 +509,181 @@ def _lambda_path(grid, i0, R, r, src, lam_end):
         lam = lam + src[i]
     ts = grid.steps.state_times(np.arange(i0, i0 + L + 1))
     return ts, path
+
+
+# -- the adjoint of adaptive solvers ----------------------------------------------------
+#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
+#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
+#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
+DOPRI5_DENSE = np.array([
+    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0, 0, 0, 0],
+    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
+
+#: passes over one segment (each splits the steps whose backward error was too large)
+#: before the adjoint gives up with a SimulationError
+ADJOINT_MAX_PASSES = 10
+#: most backward sub-steps per accepted forward step
+ADJOINT_MAX_SPLIT = 1 << 12
+
+
+def _subgrid(h, t, sub):
+    """Steps (h, t) (L,) with step i split into sub[i] equal sub-steps: sub-step sizes and
+    start times (L',), each sub-step's parent step and index k inside it, and the
+    sub-grid index of every original grid state (L + 1,)."""
+    parent = np.repeat(np.arange(len(h)), sub)
+    start = np.concatenate([[0], np.cumsum(sub)])
+    k = np.arange(len(parent)) - start[parent]
+    r = sub[parent]
+    return h[parent] / r, t[parent] + h[parent] * (k / r), parent, k, start
+
+
+def _dense_stages(c, tape, ks, h, parent, k, r):
+    """Checkpointed segment: the states at the backward stage times of sub-steps (parent
+    step i, k-th of r) from step i's dense output: stage q at θ = (k + 1 - c_q)/r of the
+    forward step, (L', s, B, n)."""
+    th = (k[:, None] + 1.0 - np.asarray(c)[None, :]) / r[:, None]               # (L', s)
+    W = (th[..., None] ** np.arange(1, 5)) @ DOPRI5_DENSE.T                      # (L', s, 7)
+    kp = ks[parent]                                                              # (L', 7, B, n)
+    Lp, S = kp.shape[:2]
+    inc = (W @ kp.reshape(Lp, S, -1)).reshape((Lp, len(c)) + kp.shape[2:])
+    return tape[parent][:, None] + h[parent][:, None, None, None] * inc
+
+
+def _adaptive_adjoint(grid: Grid, backsolve, trace=None, stats=None):
+    """Continuous adjoint of an adaptive solver's solve: the augmented backward system
+    (λ, μ and, for backsolve, y) integrated by the solver's own embedded pair (Dopri5)
+    with error control at its rtol/atol.
+
+    Each segment of accepted forward steps is walked backwards with the same steps; then
+    every step whose error norm (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|,
+    |end|)), largest over the batch) exceeds 1 is split into equal sub-steps (the local
+    error of the pair falls as the 5th power of the step) and the segment is walked
+    again, until every step passes. Observation times are forward grid points, so λ's
+    jumps fall on step boundaries. States at the stage times: checkpointed, from the
+    forward step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed
+    segment (a later pass evaluates Jacobians only on the split steps); backsolve, the
+    backward stages of y themselves (the whole segment again in each pass). J = ∂f/∂y
+    and ∂f/∂p at the stage points come from one Taichi reverse-mode launch per pass
+    (:mod:`.pointwise`), the stage recursion from one forward-only kernel
+    (:func:`_stage_kernel`). Memory: one segment's sub-steps."""
+    ode, solver, p = grid.ode, grid.solver, grid.params
+    if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
+        raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense output; "
+                           "use Dopri5() or gradient='discrete'")
+    from .adaptive import AdjointStages
+    B, n, m = p.shape[0], ode.n, ode.m
+    N = n + m
+    a, b, c, e = solver.a, solver.b, solver.c, solver.e
+    s = len(b)
+    rtol, atol = solver.rtol, solver.atol
+    tab = AdjointStages.get(ode, solver, B)
+    kern = _stage_kernel(a, b, e, n, m)
+    # stage → point slot of a sub-step: dense states coincide for equal c (Dopri5's two
+    # c = 1 stages); backward stages do not, except ...
+    if backsolve:
+        slot = list(range(s))
+    else:
+        cs = sorted(set(c))
+        slot = [cs.index(cq) for cq in c]
+    cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
+    P = len(cslot)
+    _, fy, fp = grid.final_terms(grid.cps[-1])
+    z = np.concatenate([fy, fp], axis=1)
+    yend = grid.cps[-1]
+    src0 = None
+    steps_taken, passes = 0, 0
+    scratch = np.zeros((s + 1, B, N))
+    for seg in reversed(range(len(grid.segs))):
+        i0, cnt = grid.segs[seg]
+        h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+        if not backsolve:
+            tape, ks = tab.forward(h, t, grid.cps[seg], p)
+            src_o, _ = grid.state_sources(i0, tape, with_running=False)
+        sub = np.ones(cnt, np.int64)
+        changed = np.ones(cnt, bool)            # parents whose stage points are new
+        old = None
+        for attempt in range(ADJOINT_MAX_PASSES):
+            passes += 1
+            hs, ts, parent, k, start = _subgrid(h, t, sub)
+            L = len(hs)
+            yerr = None
+            if backsolve:
+                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
+                src_o, _ = grid.state_sources(i0, sstates[start], with_running=False)
+                fresh = np.ones(L, bool)
+            else:
+                fresh = changed[parent]
+            # Jacobians (and running-cost gradients) at the fresh sub-steps' stage points;
+            # the others keep last pass's
+            JJ, gg = np.empty((L, P, B, n, N)), np.empty((L, P, B, N))
+            if old is not None and not fresh.all():
+                keep = ~fresh
+                prev = old[2][parent[keep]] + k[keep]
+                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
+            fi = np.nonzero(fresh)[0]
+            if backsolve:
+                X = Ys
+            else:
+                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
+            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
+            Xf = X.reshape((-1, B, n))
+            _, J, Jp = grid.jac("rhs", Xf, TX.ravel(), 0.0, p)
+            JJ[fi] = np.concatenate([J, Jp], axis=3).reshape((len(fi), P, B, n, N))
+            if ode.running is not None:
+                _, gyv, gpv = grid.jac("running", Xf, TX.ravel(), 0.0, p)
+                gg[fi] = np.concatenate([gyv[:, :, 0], gpv[:, :, 0]], axis=2).reshape((len(fi), P, B, N))
+            else:
+                gg[fi] = 0.0
+            old = (JJ, gg, start)
+            idx = (np.arange(L, dtype=np.int32)[None, :] * P
+                   + np.array(slot, dtype=np.int32)[:, None])
+            src = np.zeros((L + 1, B, n))
+            src[start] = src_o
+            z_w = z.copy()
+            lp, sq = np.zeros((L + 1, B, n)), np.zeros((L, B))
+            kern(hs, np.ascontiguousarray(idx), JJ.reshape((L * P, B, n, N)),
+                 gg.reshape((L * P, B, N)), src, z_w, scratch, lp, sq, rtol, atol)
+            comps = N
+            if yerr is not None:
+                sq = sq + yerr
+                comps += n
+            err = np.sqrt(sq / comps).max(axis=1)                         # (L,)
+            if not np.all(np.isfinite(err)):
+                raise SimulationError(
+                    f"the continuous adjoint of {solver!r} became NaN/inf near t = "
+                    f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
+                    "gradient='discrete'")
+            worst = np.zeros(cnt)
+            np.maximum.at(worst, parent, err)
+            changed = worst > 1.0
+            if not changed.any():
+                break
+            # split so that the error (∝ h^5) drops to about half the tolerance
+            sub[changed] *= np.maximum(2, np.ceil((2.0 * worst[changed]) ** 0.2)).astype(np.int64)
+            if sub.max() > ADJOINT_MAX_SPLIT:
+                break
+        if changed.any():
+            i = int(np.argmax(worst))
+            raise SimulationError(
+                f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, "
+                f"atol={atol:g} on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the "
+                f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
+                "or use gradient='discrete'")
+        steps_taken += L
+        if trace is not None:                # λ at each sub-grid state, before its jump
+            path = lp - src
+            path[0], path[L] = lp[0], lp[L]
+            trace.append((np.concatenate([ts, ts[-1:] + hs[-1:]]), path))
+        z = z_w
+        if backsolve:
+            yend = sstates[0]
+        src0 = src[0]
+    lam, mu = z[:, :n] + src0, z[:, n:]
+    if stats is not None:
+        stats.update(adjoint_steps=steps_taken, adjoint_passes=passes)
+    return _initial_gradients(grid, lam, mu)
