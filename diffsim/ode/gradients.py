@@ -91,9 +91,8 @@ def _kernels():
                     G[b, col] += s
 
     @ti.kernel
-    def rev(R: nd, r: nd, Gm: nd, g: nd, src: nd, lam: nd, mu: nd, tmp: nd, lp: nd, mp: nd):
-        # backwards: λ += src_{i+1};  (lp, mp)[i+1] = (λ, μ);  μ += G_i λ + g_i;
-        # λ = R_i λ + r_i;  finally (lp, mp)[0] = (λ, μ)
+    def rev(R: nd, r: nd, Gm: nd, g: nd, src: nd, lam: nd, mu: nd, tmp: nd):
+        # backwards: λ += src_{i+1};  μ += G_i λ + g_i;  λ = R_i λ + r_i
         L, B, n, m = R.shape[0], R.shape[1], R.shape[2], Gm.shape[2]
         ti.loop_config(serialize=True)
         for b in range(B):
@@ -101,9 +100,6 @@ def _kernels():
                 i = L - 1 - ii
                 for c in range(n):
                     lam[b, c] += src[i + 1, b, c]
-                    lp[i + 1, b, c] = lam[b, c]
-                for j in range(m):
-                    mp[i + 1, b, j] = mu[b, j]
                 for j in range(m):
                     s = g[i, b, j]
                     for c in range(n):
@@ -116,10 +112,6 @@ def _kernels():
                     tmp[b, c] = s
                 for c in range(n):
                     lam[b, c] = tmp[b, c]
-            for c in range(n):
-                lp[0, b, c] = lam[b, c]
-            for j in range(m):
-                mp[0, b, j] = mu[b, j]
 
     _KERNELS.update(gen=gen, fwd=fwd, rev=rev)
     return fwd, rev
@@ -189,6 +181,7 @@ def _stage_kernel(a, b, e, n, m):
             for c in ti.static(range(n)):
                 lp[0, bb, c] = z[bb, c]
 
+    stages.n_stages = s
     _KERNELS[key] = stages
     return stages
 
@@ -349,7 +342,7 @@ def forward_sensitivities(grid: Grid, saves: int):
 def discrete_adjoint(grid: Grid):
     """Reverse recursion λ_i = Φ_iᵀ λ_{i+1} over step Jacobians (the discrete gradient of
     implicit solvers, by the implicit function theorem): (dL/dp, dL/dy0)."""
-    return _reverse(grid, lambda i0, tape, stages: _discrete_maps(grid, i0, tape))
+    return _reverse(grid, lambda i0, tape: _discrete_maps(grid, i0, tape))
 
 
 def _discrete_maps(grid, i0, tape):
@@ -362,153 +355,104 @@ def _discrete_maps(grid, i0, tape):
 def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     """Continuous adjoint (see module doc): (dL/dp (B, m), dL/dy0 (B, n)). trace: a list
     that receives (times, λ) per segment, for plots of the adjoint state. stats: a dict
-    that receives the backward pass's step count and refinement passes (adaptive solvers).
+    that receives the number of backward steps and passes (adaptive solvers).
 
-    Fixed-step solvers: classic RK4 on the solver's own grid (its error is the grid's
-    discretisation error). Adaptive solvers (Dopri5): :func:`_adaptive_adjoint`, the
-    solver's own tableau with error control at its rtol/atol."""
+    Fixed-step solvers: classic RK4 backwards on the solver's own grid (its error is the
+    grid's discretisation error). Adaptive solvers (Dopri5): the solver's own pair with
+    error control at its rtol/atol (:func:`_adaptive_segment`). Both run the same stage
+    kernel (:func:`_stage_kernel`) on Jacobians from :mod:`.pointwise`."""
     if kind == "backsolve" and grid.solver.implicit:
         raise DiffsimError("Adjoint(kind='backsolve') integrates the state backwards with an "
                            "explicit method, which is unstable for the stiff problems implicit "
                            "solvers are for; use Adjoint(kind='checkpointed')")
-    if grid.solver.adaptive:
-        return _adaptive_adjoint(grid, kind == "backsolve", trace, stats)
-    return _reverse(grid, lambda i0, tape, stages: _adjoint_maps(grid, i0, tape, stages),
-                    backsolve=kind == "backsolve", discrete=False, trace=trace)
-
-
-def _mv(M, v):
-    """Batched matrix-vector product (..., i, j) × (..., j) -> (..., i)."""
-    return (M @ v[..., None])[..., 0]
-
-
-def _rk_maps(a, b, e, h, A, C, gy=None, gp=None):
-    """Affine maps of one explicit Runge–Kutta step (tableau a, b) of the adjoint ODE
-    backwards in time, s = -t:  dλ/ds = A_q λ + gy_q,  dμ/ds = C_q λ + gp_q  with, at stage
-    q, A_q = Jᵀ (L, B, n, n), C_q = (∂f/∂p)ᵀ (L, B, m, n) and the running cost's gradients
-    gy_q (L, B, n), gp_q (L, B, m) (lists over the stages; gy, gp None without a running
-    cost); h (L,) the step sizes. Each stage's λ_q = M_q λ + v_q is affine in the step's
-    starting λ, so one step is λ' = R λ + r, μ' = μ + G λ + g. Returns (R, r, G, g) and,
-    with error weights e (b minus the embedded weights), the local error estimates
-    err_λ = E λ + ε and err_μ = F λ + φ as (E, ε, F, φ)."""
-    L, B, n = A[0].shape[:3]
-    m = C[0].shape[2]
-    eye = np.eye(n)
-    hv, hb = h[:, None, None, None], h[:, None, None]
-    KM, kv, CM, cv = [], [], [], []            # stage slopes: k_q = KM_q λ + kv_q (λ and μ)
-    for q in range(len(b)):
-        gyq = gy[q] if gy is not None else np.zeros((L, B, n))
-        gpq = gp[q] if gp is not None else np.zeros((L, B, m))
-        terms = [(w, j) for j, w in enumerate(a[q]) if w != 0.0]
-        if not terms:                                  # λ_q = λ
-            KM.append(A[q])
-            kv.append(gyq)
-            CM.append(C[q])
-            cv.append(gpq)
-            continue
-        M = eye + hv * sum(w * KM[j] for w, j in terms)
-        v = hb * sum(w * kv[j] for w, j in terms)
-        KM.append(A[q] @ M)
-        kv.append(_mv(A[q], v) + gyq)
-        CM.append(C[q] @ M)
-        cv.append(_mv(C[q], v) + gpq)
-
-    def wsum(w, X):
-        return sum(wq * X[q] for q, wq in enumerate(w) if wq != 0.0)
-    out = [eye + hv * wsum(b, KM), hb * wsum(b, kv), hv * wsum(b, CM), hb * wsum(b, cv)]
-    if e is not None:
-        out += [hv * wsum(e, KM), hb * wsum(e, kv), hv * wsum(e, CM), hb * wsum(e, cv)]
-    return tuple(np.ascontiguousarray(np.broadcast_to(x, (L, B) + x.shape[2:])) for x in out)
-
-
-def _adjoint_maps(grid, i0, tape, stages):
-    """Affine maps of one classic RK4 step of the (linear) adjoint ODE backwards in time
-    (fixed-step and implicit solvers): λ_i = R λ_{i+1} + r and μ_i = μ_{i+1} + G λ_{i+1} + g,
-    from J at the stage states."""
-    ode, p = grid.ode, grid.params
-    L = tape.shape[0] - 1
-    h = grid.h[i0:i0 + L]
-    t1 = grid.t[i0:i0 + L] + h
-    if stages is None:       # checkpointed: stage states from the recomputed segment
-        tt = np.concatenate([grid.t[i0:i0 + L], [t1[-1]]])
-        hb = h[:, None, None]
-        fv, Jg, Jpg = grid.jac("rhs", tape, tt, 0.0, p)     # f gives the Hermite half-steps
-        mid = 0.5 * (tape[:-1] + tape[1:]) + hb / 8 * (fv[:-1] - fv[1:])   # cubic Hermite
-        _, Jm, Jpm = grid.jac("rhs", mid, t1 - 0.5 * h, 0.0, p)
-        Js = [Jg[1:], Jm, Jm, Jg[:-1]]
-        Jps = [Jpg[1:], Jpm, Jpm, Jpg[:-1]]
-        pts = [tape[1:], mid, mid, tape[:-1]]
-    else:                    # backsolve: the recorded backward RK4 stages
-        Js, Jps, pts = [], [], []
-        for q, cq in enumerate(RK4.c):
-            _, J, Jp = grid.jac("rhs", stages[:, q], t1 - cq * h, 0.0, p)
-            Js.append(J)
-            Jps.append(Jp)
-            pts.append(stages[:, q])
-    gys = gps = None
-    if ode.running is not None:
-        gys, gps = [], []
-        for q, cq in enumerate(RK4.c):
-            _, gy, gp = grid.jac("running", pts[q], t1 - cq * h, 0.0, p)
-            gys.append(gy[:, :, 0])
-            gps.append(gp[:, :, 0])
-    return _rk_maps(RK4.a, RK4.b, None, h, [np.swapaxes(J, 2, 3) for J in Js],
-                    [np.swapaxes(Jp, 2, 3) for Jp in Jps], gys, gps)
-
-
-def _reverse(grid: Grid, maps, backsolve=False, discrete=True, trace=None):
-    """Shared backward sweep over segments: λ from the final cost and observations,
-    μ the parameter gradient; maps(i0, tape, stages) -> (R, r, G, g) per step. discrete:
-    the running cost enters as the trapezoid sum's state gradients (the continuous
-    adjoint takes it inside its maps instead)."""
-    ode, B = grid.ode, grid.params.shape[0]
-    n = ode.n
-    _, rev = _kernels()
+    ode, solver, p = grid.ode, grid.solver, grid.params
+    B, n, m = p.shape[0], ode.n, ode.m
+    backsolve = kind == "backsolve"
+    if solver.adaptive:
+        if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
+            raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
+                               "output; use Dopri5() or gradient='discrete'")
+        from .adaptive import AdjointStages
+        tab = AdjointStages.get(ode, solver, B)
+        kern = _stage_kernel(solver.a, solver.b, solver.e, n, m)
+    else:
+        kern = _stage_kernel(RK4.a, RK4.b, [0.0] * len(RK4.b), n, m)
     _, fy, fp = grid.final_terms(grid.cps[-1])
-    lam, mu = fy.copy(), fp.copy()
-    tmp = np.zeros((B, n))
+    z = np.concatenate([fy, fp], axis=1)              # (λ, μ) at t1
     yend = grid.cps[-1]
     src0 = None
-    for k in reversed(range(len(grid.segs))):
-        i0, cnt = grid.segs[k]
-        stages = None
-        if backsolve:
-            stages, tape = grid.backsolve(i0, cnt, yend)
-            yend = tape[0]
+    steps, passes = 0, 0
+    for seg in reversed(range(len(grid.segs))):
+        if solver.adaptive:
+            z, src, lp, times, yend, np_ = _adaptive_segment(grid, tab, kern, seg, z, yend,
+                                                             backsolve)
+            passes += np_
         else:
-            tape = grid.record(i0, cnt, grid.cps[k])
-        src, srcp = grid.state_sources(i0, tape, with_running=discrete)
-        mu += srcp
-        R, r, G, g = maps(i0, tape, stages)
-        if trace is not None:
-            trace.append(_lambda_path(grid, i0, R, r, src, lam))
-        lp, mp = np.zeros(tape.shape), np.zeros((tape.shape[0], B, ode.m))
-        rev(R, r, G, g, src, lam, mu, tmp, lp, mp)
+            z, src, lp, times, yend = _rk4_segment(grid, kern, seg, z, yend, backsolve)
+            passes += 1
+        steps += len(times) - 1
+        if trace is not None:                # λ at each backward grid state, before its jump
+            path = lp - src
+            path[0], path[-1] = lp[0], lp[-1]
+            trace.append((times, path))
         src0 = src[0]
-    lam += src0
-    return _initial_gradients(grid, lam, mu)
+    if stats is not None:
+        stats.update(adjoint_steps=steps, adjoint_passes=passes)
+    return _initial_gradients(grid, z[:, :n] + src0, z[:, n:])
 
 
-def _initial_gradients(grid, lam, mu):
-    """(dL/dp, dL/dy0) from λ(t0) and μ(t0): through y0(p) when the ODE has one."""
-    _, dy0dp = grid.initial()
-    if dy0dp is not None:
-        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros(lam.shape)
-    return mu, lam
+def _point_jacobians(grid, X, TX):
+    """[J | ∂f/∂p] (M, B, n, n + m) and [∂g/∂y | ∂g/∂p] (M, B, n + m) (zeros without a
+    running cost g) at M points X (M, B, n), times TX (M,): one reverse-mode launch each."""
+    p = grid.params
+    _, J, Jp = grid.jac("rhs", X, TX, 0.0, p)
+    JJ = np.concatenate([J, Jp], axis=3)
+    if grid.ode.running is not None:
+        _, gy, gp = grid.jac("running", X, TX, 0.0, p)
+        gg = np.concatenate([gy[:, :, 0], gp[:, :, 0]], axis=2)
+    else:
+        gg = np.zeros(JJ.shape[:2] + JJ.shape[3:])
+    return JJ, gg
 
 
-def _lambda_path(grid, i0, R, r, src, lam_end):
-    """(times (L + 1,), λ (L + 1, B, n)) over one segment, for plots (numpy recursion)."""
-    L = R.shape[0]
-    path = np.zeros((L + 1,) + lam_end.shape)
-    lam = lam_end + src[L]
-    path[L] = lam
-    for i in reversed(range(L)):
-        lam = np.einsum("bij,bj->bi", R[i], lam) + r[i]
-        path[i] = lam
-        lam = lam + src[i]
-    ts = grid.steps.state_times(np.arange(i0, i0 + L + 1))
-    return ts, path
+def _sweep(kern, h, idx, JJ, gg, src, z, rtol=1.0, atol=1.0):
+    """One backward walk of the stage kernel over a segment: (z at its start, lp, err²)."""
+    L, (B, N), n = len(h), z.shape, src.shape[2]
+    z = z.copy()
+    lp, sq = np.zeros((L + 1, B, n)), np.zeros((L, B))
+    kern(np.ascontiguousarray(h, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.int32),
+         np.ascontiguousarray(JJ), np.ascontiguousarray(gg), src, z,
+         np.zeros((kern.n_stages + 1, B, N)), lp, sq, rtol, atol)
+    return z, lp, sq
+
+
+def _rk4_segment(grid, kern, seg, z, yend, backsolve):
+    """Classic RK4 backwards over one segment of a fixed-step (or implicit) grid.
+    Checkpointed: stage states from the recomputed segment, the half-step states by cubic
+    Hermite interpolation; backsolve: the recorded backward RK4 stages of y."""
+    i0, cnt = grid.segs[seg]
+    h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    t1 = t + h
+    L = cnt
+    ar = np.arange(L)
+    if backsolve:
+        stages, tape = grid.backsolve(i0, cnt, yend)          # (L, 4, B, n): at t1 - c_q h
+        TX = t1[:, None] - np.asarray(RK4.c)[None, :] * h[:, None]
+        JJ, gg = _point_jacobians(grid, stages.reshape((-1,) + stages.shape[2:]), TX.ravel())
+        idx = 4 * ar[None, :] + np.arange(4)[:, None]
+        yend = tape[0]
+    else:
+        tape = grid.record(i0, cnt, grid.cps[seg])
+        tt = np.concatenate([t, t1[-1:]])
+        fv, _, _ = grid.jac("rhs", tape, tt, 0.0, grid.params)
+        mid = 0.5 * (tape[:-1] + tape[1:]) + h[:, None, None] / 8 * (fv[:-1] - fv[1:])
+        JJ, gg = _point_jacobians(grid, np.concatenate([tape, mid]),
+                                  np.concatenate([tt, t1 - 0.5 * h]))
+        # stages at t1 - c_q h: the later state, the mid-point twice, the earlier state
+        idx = np.stack([ar + 1, L + 1 + ar, L + 1 + ar, ar])
+    src, _ = grid.state_sources(i0, tape, with_running=False)
+    z, lp, _ = _sweep(kern, h, idx, JJ, gg, src, z)
+    return z, src, lp, grid.steps.state_times(np.arange(i0, i0 + L + 1)), yend
 
 
 # -- the adjoint of adaptive solvers ----------------------------------------------------
@@ -554,37 +498,28 @@ def _dense_stages(c, tape, ks, h, parent, k, r):
     return tape[parent][:, None] + h[parent][:, None, None, None] * inc
 
 
-def _adaptive_adjoint(grid: Grid, backsolve, trace=None, stats=None):
-    """Continuous adjoint of an adaptive solver's solve: the augmented backward system
-    (λ, μ and, for backsolve, y) integrated by the solver's own embedded pair (Dopri5)
-    with error control at its rtol/atol.
+def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
+    """One segment of the continuous adjoint of an adaptive solver: the augmented backward
+    system (λ, μ and, for backsolve, y) integrated by the solver's own embedded pair
+    (Dopri5) with error control at its rtol/atol.
 
-    Each segment of accepted forward steps is walked backwards with the same steps; then
-    every step whose error norm (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|,
-    |end|)), largest over the batch) exceeds 1 is split into equal sub-steps (the local
-    error of the pair falls as the 5th power of the step) and the segment is walked
-    again, until every step passes. Observation times are forward grid points, so λ's
+    The segment's accepted forward steps are walked backwards; then every step whose
+    error norm (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|, |end|)), largest over
+    the batch) exceeds 1 is split into equal sub-steps (the local error of the pair falls
+    as the 5th power of the step) and the segment is walked again, until every step
+    passes (else a SimulationError). Observation times are forward grid points, so λ's
     jumps fall on step boundaries. States at the stage times: checkpointed, from the
     forward step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed
     segment (a later pass evaluates Jacobians only on the split steps); backsolve, the
-    backward stages of y themselves (the whole segment again in each pass). J = ∂f/∂y
-    and ∂f/∂p at the stage points come from one Taichi reverse-mode launch per pass
-    (:mod:`.pointwise`), the stage recursion from one forward-only kernel
-    (:func:`_stage_kernel`). Memory: one segment's sub-steps."""
+    backward stages of y themselves (the whole segment again in each pass). Memory: one
+    segment's sub-steps. Returns (z, src, lp, times, yend, passes)."""
     ode, solver, p = grid.ode, grid.solver, grid.params
-    if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
-        raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense output; "
-                           "use Dopri5() or gradient='discrete'")
-    from .adaptive import AdjointStages
     B, n, m = p.shape[0], ode.n, ode.m
-    N = n + m
-    a, b, c, e = solver.a, solver.b, solver.c, solver.e
-    s = len(b)
+    c = solver.c
+    s = len(c)
     rtol, atol = solver.rtol, solver.atol
-    tab = AdjointStages.get(ode, solver, B)
-    kern = _stage_kernel(a, b, e, n, m)
-    # stage → point slot of a sub-step: dense states coincide for equal c (Dopri5's two
-    # c = 1 stages); backward stages do not, except ...
+    # point slots of a sub-step: dense states coincide for equal c (Dopri5's two c = 1
+    # stages); backward stages of y are all distinct
     if backsolve:
         slot = list(range(s))
     else:
@@ -592,98 +527,96 @@ def _adaptive_adjoint(grid: Grid, backsolve, trace=None, stats=None):
         slot = [cs.index(cq) for cq in c]
     cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
     P = len(cslot)
-    _, fy, fp = grid.final_terms(grid.cps[-1])
-    z = np.concatenate([fy, fp], axis=1)
-    yend = grid.cps[-1]
-    src0 = None
-    steps_taken, passes = 0, 0
-    scratch = np.zeros((s + 1, B, N))
-    for seg in reversed(range(len(grid.segs))):
-        i0, cnt = grid.segs[seg]
-        h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
-        if not backsolve:
-            tape, ks = tab.forward(h, t, grid.cps[seg], p)
-            src_o, _ = grid.state_sources(i0, tape, with_running=False)
-        sub = np.ones(cnt, np.int64)
-        changed = np.ones(cnt, bool)            # parents whose stage points are new
-        old = None
-        for attempt in range(ADJOINT_MAX_PASSES):
-            passes += 1
-            hs, ts, parent, k, start = _subgrid(h, t, sub)
-            L = len(hs)
-            yerr = None
-            if backsolve:
-                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
-                src_o, _ = grid.state_sources(i0, sstates[start], with_running=False)
-                fresh = np.ones(L, bool)
-            else:
-                fresh = changed[parent]
-            # Jacobians (and running-cost gradients) at the fresh sub-steps' stage points;
-            # the others keep last pass's
-            JJ, gg = np.empty((L, P, B, n, N)), np.empty((L, P, B, N))
-            if old is not None and not fresh.all():
-                keep = ~fresh
-                prev = old[2][parent[keep]] + k[keep]
-                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
-            fi = np.nonzero(fresh)[0]
-            if backsolve:
-                X = Ys
-            else:
-                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
-            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
-            Xf = X.reshape((-1, B, n))
-            _, J, Jp = grid.jac("rhs", Xf, TX.ravel(), 0.0, p)
-            JJ[fi] = np.concatenate([J, Jp], axis=3).reshape((len(fi), P, B, n, N))
-            if ode.running is not None:
-                _, gyv, gpv = grid.jac("running", Xf, TX.ravel(), 0.0, p)
-                gg[fi] = np.concatenate([gyv[:, :, 0], gpv[:, :, 0]], axis=2).reshape((len(fi), P, B, N))
-            else:
-                gg[fi] = 0.0
-            old = (JJ, gg, start)
-            idx = (np.arange(L, dtype=np.int32)[None, :] * P
-                   + np.array(slot, dtype=np.int32)[:, None])
-            src = np.zeros((L + 1, B, n))
-            src[start] = src_o
-            z_w = z.copy()
-            lp, sq = np.zeros((L + 1, B, n)), np.zeros((L, B))
-            kern(hs, np.ascontiguousarray(idx), JJ.reshape((L * P, B, n, N)),
-                 gg.reshape((L * P, B, N)), src, z_w, scratch, lp, sq, rtol, atol)
-            comps = N
-            if yerr is not None:
-                sq = sq + yerr
-                comps += n
-            err = np.sqrt(sq / comps).max(axis=1)                         # (L,)
-            if not np.all(np.isfinite(err)):
-                raise SimulationError(
-                    f"the continuous adjoint of {solver!r} became NaN/inf near t = "
-                    f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
-                    "gradient='discrete'")
-            worst = np.zeros(cnt)
-            np.maximum.at(worst, parent, err)
-            changed = worst > 1.0
-            if not changed.any():
-                break
-            # split so that the error (∝ h^5) drops to about half the tolerance
-            sub[changed] *= np.maximum(2, np.ceil((2.0 * worst[changed]) ** 0.2)).astype(np.int64)
-            if sub.max() > ADJOINT_MAX_SPLIT:
-                break
-        if changed.any():
-            i = int(np.argmax(worst))
-            raise SimulationError(
-                f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, "
-                f"atol={atol:g} on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the "
-                f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
-                "or use gradient='discrete'")
-        steps_taken += L
-        if trace is not None:                # λ at each sub-grid state, before its jump
-            path = lp - src
-            path[0], path[L] = lp[0], lp[L]
-            trace.append((np.concatenate([ts, ts[-1:] + hs[-1:]]), path))
-        z = z_w
+    i0, cnt = grid.segs[seg]
+    h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    if not backsolve:
+        tape, ks = tab.forward(h, t, grid.cps[seg], p)
+        src_o, _ = grid.state_sources(i0, tape, with_running=False)
+    sub = np.ones(cnt, np.int64)
+    changed = np.ones(cnt, bool)            # parents whose stage points are new
+    old = None
+    for passes in range(1, ADJOINT_MAX_PASSES + 1):
+        hs, ts, parent, k, start = _subgrid(h, t, sub)
+        L = len(hs)
+        yerr = None
         if backsolve:
-            yend = sstates[0]
+            sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
+            src_o, _ = grid.state_sources(i0, sstates[start], with_running=False)
+            fresh = np.ones(L, bool)
+        else:
+            fresh = changed[parent]
+        # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
+        JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
+        if old is not None and not fresh.all():
+            keep = ~fresh
+            prev = old[2][parent[keep]] + k[keep]
+            JJ[keep], gg[keep] = old[0][prev], old[1][prev]
+        fi = np.nonzero(fresh)[0]
+        if backsolve:
+            X = Ys
+        else:
+            X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
+        TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
+        Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
+        JJ[fi], gg[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:]), gf.reshape((len(fi), P) + gf.shape[1:])
+        old = (JJ, gg, start)
+        idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
+        src = np.zeros((L + 1, B, n))
+        src[start] = src_o
+        z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
+                               gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
+        comps = n + m
+        if yerr is not None:
+            sq = sq + yerr
+            comps += n
+        err = np.sqrt(sq / comps).max(axis=1)                         # (L,)
+        if not np.all(np.isfinite(err)):
+            raise SimulationError(
+                f"the continuous adjoint of {solver!r} became NaN/inf near t = "
+                f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
+                "gradient='discrete'")
+        worst = np.zeros(cnt)
+        np.maximum.at(worst, parent, err)
+        changed = worst > 1.0
+        if not changed.any():
+            break
+        # split so that the error (∝ h^5) drops to about half the tolerance
+        sub[changed] *= np.maximum(2, np.ceil((2.0 * worst[changed]) ** 0.2)).astype(np.int64)
+        if sub.max() > ADJOINT_MAX_SPLIT:
+            break
+    if changed.any():
+        i = int(np.argmax(worst))
+        raise SimulationError(
+            f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, atol={atol:g} "
+            f"on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the tolerance with it "
+            f"split into {sub[i]} sub-steps); loosen the tolerances or use gradient='discrete'")
+    times = np.concatenate([ts, ts[-1:] + hs[-1:]])
+    return z_new, src, lp, times, (sstates[0] if backsolve else yend), passes
+
+
+def _reverse(grid: Grid, maps):
+    """Backward sweep of the discrete adjoint over segments: λ from the final cost and
+    observations, μ the parameter gradient; maps(i0, tape) -> (R, r, G, g) per step."""
+    ode, B = grid.ode, grid.params.shape[0]
+    _, rev = _kernels()
+    _, fy, fp = grid.final_terms(grid.cps[-1])
+    lam, mu = fy.copy(), fp.copy()
+    tmp = np.zeros((B, ode.n))
+    src0 = None
+    for k in reversed(range(len(grid.segs))):
+        i0, cnt = grid.segs[k]
+        tape = grid.record(i0, cnt, grid.cps[k])
+        src, srcp = grid.state_sources(i0, tape)
+        mu += srcp
+        R, r, G, g = maps(i0, tape)
+        rev(R, r, G, g, src, lam, mu, tmp)
         src0 = src[0]
-    lam, mu = z[:, :n] + src0, z[:, n:]
-    if stats is not None:
-        stats.update(adjoint_steps=steps_taken, adjoint_passes=passes)
-    return _initial_gradients(grid, lam, mu)
+    return _initial_gradients(grid, lam + src0, mu)
+
+
+def _initial_gradients(grid, lam, mu):
+    """(dL/dp, dL/dy0) from λ(t0) and μ(t0): through y0(p) when the ODE has one."""
+    _, dy0dp = grid.initial()
+    if dy0dp is not None:
+        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros(lam.shape)
+    return mu, lam
