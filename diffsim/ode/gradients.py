@@ -15,18 +15,24 @@ needed, so memory is O(K + N/K) states for K segments.
   the RK discretisation of the sensitivity equations S' = J S + ∂f/∂p, so it matches the
   discrete gradient to rounding. Cost grows with the number of parameters (columns).
 - adjoint: λ' = -Jᵀλ - ∂g/∂y and μ' = -(∂f/∂p)ᵀλ - ∂g/∂p integrated backwards from
-  λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p with classic RK4 on the solver's step grid, λ jumping by
-  2w(y - d) at observations; J = ∂f/∂y and ∂f/∂p at the RK4 stage points come from
-  Taichi reverse mode of f. "backsolve" re-integrates y backwards with RK4 alongside λ
+  λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p, λ jumping by 2w(y - d) at observations; J = ∂f/∂y and
+  ∂f/∂p at the stage points come from Taichi reverse mode of f (:mod:`.pointwise`), one
+  launch per segment and pass. Fixed-step solvers: classic RK4 on the solver's own step
+  grid (error: that grid's discretisation error). Adaptive solvers (Dopri5): the
+  solver's own pair on its accepted steps, each step split until the embedded error
+  estimate of the backward system is within rtol/atol, so the gradient reaches the
+  accuracy the solver was asked for. "backsolve" re-integrates y backwards alongside λ
   (memory O(1) in N, but the backward state drifts on unstable or dissipative systems);
   "checkpointed" recomputes each segment forward from its checkpoint and takes the
-  half-step states from cubic Hermite interpolation (accurate, O(K + N/K) memory).
-  Cost grows with the number of states, not parameters.
+  states between steps from cubic Hermite interpolation (RK4) or Dopri5's 4th-order
+  dense output (accurate, O(K + N/K) memory). Cost grows with the number of states,
+  not parameters.
 - implicit solvers: Φ_i = (I - h J_{i+1})⁻¹, Ψ_i = (I - h J_{i+1})⁻¹ h ∂f/∂p at the
   converged state (implicit function theorem), never differentiating Newton iterations.
 
-Every per-step matrix is assembled vectorised in numpy; the time recursions run in two
-small forward-only Taichi kernels.
+Every per-step matrix is assembled vectorised in numpy; the time recursions run in small
+forward-only Taichi kernels (forward sensitivities and the discrete adjoint: matrix
+recursions; the continuous adjoint: a stage kernel per tableau).
 """
 import dataclasses
 
@@ -165,9 +171,9 @@ def _stage_kernel(a, b, e, n, m):
                         for d in ti.static(range(n)):
                             acc += JJ[pt, bb, d, c] * K[s, bb, d]
                         K[q, bb, c] = acc
-                sq = 0.0
+                sq = ti.cast(0.0, ti.f64)         # float64 whatever the runtime's default
                 for c in ti.static(range(N)):
-                    dz, ez = 0.0, 0.0
+                    dz, ez = ti.cast(0.0, ti.f64), ti.cast(0.0, ti.f64)
                     for q in ti.static(range(s)):
                         if ti.static(b[q] != 0.0):
                             dz += b[q] * K[q, bb, c]
