@@ -156,6 +156,29 @@ def test_dense_output_coefficients_are_scipys_rk45():
     np.testing.assert_allclose(G.DOPRI5_DENSE.sum(axis=1), Dopri5.b, rtol=1e-14, atol=1e-16)
 
 
+@pytest.mark.parametrize("kind", ["checkpointed", "backsolve"])
+def test_small_chunks_give_the_same_gradient(lv, monkeypatch, kind):
+    # memory bound: the backward pass works on chunks of forward steps, and a chunk whose
+    # steps are split past ADJOINT_CHUNK_SUBSTEPS shrinks; the gradient must not change
+    # beyond the tolerance's reach
+    data, ref = lv
+    kw = dict(solver=Dopri5(rtol=1e-8, atol=1e-10), saveat=TS, data=data, gradient="adjoint",
+              adjoint=Adjoint(kind))
+    whole = solve(LV, (0, T), [1, 1], P_LV, **kw)
+    monkeypatch.setattr(G, "ADJOINT_CHUNK", 40)
+    monkeypatch.setattr(G, "ADJOINT_CHUNK_SUBSTEPS", 50)
+    trace = []
+    small = solve(LV, (0, T), [1, 1], P_LV, adjoint_trace=trace, **kw)
+    assert len(trace) > 218 // 40                    # chunks, some of them shrunk
+    assert _rel_err(small, ref) <= 1e-6
+    g0, g1 = (np.concatenate([x.grad_params[0], x.grad_y0[0]]) for x in (whole, small))
+    assert np.abs(g1 - g0).max() <= 1e-7 * np.abs(g0).max()
+    # the λ trace covers [t0, t1] in order (chunk ends meet to rounding: t_i + h_i vs t_{i+1})
+    ts = np.concatenate([t for t, _ in reversed(trace)])
+    assert ts[0] == 0.0 and ts[-1] == T and np.all(np.diff(ts) >= -1e-12)
+    assert all(lam.shape == (len(t), 1, 2) for t, lam in trace)
+
+
 def test_error_control_refines_and_refuses_when_it_cannot(lv, monkeypatch):
     data, _ = lv
     kw = dict(solver=Dopri5(rtol=1e-8, atol=1e-10), saveat=TS, data=data, gradient="adjoint")

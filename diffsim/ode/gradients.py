@@ -390,18 +390,17 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     steps, passes = 0, 0
     for seg in reversed(range(len(grid.segs))):
         if solver.adaptive:
-            z, src, lp, times, yend, np_ = _adaptive_segment(grid, tab, kern, seg, z, yend,
-                                                             backsolve)
-            passes += np_
+            pieces = _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve)
         else:
-            z, src, lp, times, yend = _rk4_segment(grid, kern, seg, z, yend, backsolve)
-            passes += 1
-        steps += len(times) - 1
-        if trace is not None:                # λ at each backward grid state, before its jump
-            path = lp - src
-            path[0], path[-1] = lp[0], lp[-1]
-            trace.append((times, path))
-        src0 = src[0]
+            pieces = [_rk4_segment(grid, kern, seg, z, yend, backsolve)]
+        for z, src, lp, times, yend, np_ in pieces:
+            passes += np_
+            steps += len(times) - 1
+            if trace is not None:            # λ at each backward grid state, before its jump
+                path = lp - src
+                path[0], path[-1] = lp[0], lp[-1]
+                trace.append((times, path))
+            src0 = src[0]
     if stats is not None:
         stats.update(adjoint_steps=steps, adjoint_passes=passes)
     return _initial_gradients(grid, z[:, :n] + src0, z[:, n:])
@@ -458,7 +457,7 @@ def _rk4_segment(grid, kern, seg, z, yend, backsolve):
         idx = np.stack([ar + 1, L + 1 + ar, L + 1 + ar, ar])
     src, _ = grid.state_sources(i0, tape, with_running=False)
     z, lp, _ = _sweep(kern, h, idx, JJ, gg, src, z)
-    return z, src, lp, grid.steps.state_times(np.arange(i0, i0 + L + 1)), yend
+    return z, src, lp, grid.steps.state_times(np.arange(i0, i0 + L + 1)), yend, 1
 
 
 # -- the adjoint of adaptive solvers ----------------------------------------------------
@@ -478,7 +477,11 @@ DOPRI5_DENSE = np.array([
 #: before the adjoint gives up with a SimulationError
 ADJOINT_MAX_PASSES = 10
 #: most backward sub-steps per accepted forward step
-ADJOINT_MAX_SPLIT = 1 << 12
+ADJOINT_MAX_SPLIT = 1 << 10
+#: forward steps per chunk of the adaptive backward pass, and most sub-steps in a chunk
+#: (memory: sub-steps × 7 stage points × B × n × (n + m) Jacobian entries)
+ADJOINT_CHUNK = 1024
+ADJOINT_CHUNK_SUBSTEPS = 4096
 
 
 def _subgrid(h, t, sub):
@@ -505,20 +508,22 @@ def _dense_stages(c, tape, ks, h, parent, k, r):
 
 
 def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
-    """One segment of the continuous adjoint of an adaptive solver: the augmented backward
-    system (λ, μ and, for backsolve, y) integrated by the solver's own embedded pair
-    (Dopri5) with error control at its rtol/atol.
+    """The continuous adjoint of an adaptive solver over one segment, backwards: the
+    augmented backward system (λ, μ and, for backsolve, y) integrated by the solver's own
+    embedded pair (Dopri5) with error control at its rtol/atol.
 
-    The segment's accepted forward steps are walked backwards; then every step whose
-    error norm (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|, |end|)), largest over
-    the batch) exceeds 1 is split into equal sub-steps (the local error of the pair falls
-    as the 5th power of the step) and the segment is walked again, until every step
-    passes (else a SimulationError). Observation times are forward grid points, so λ's
-    jumps fall on step boundaries. States at the stage times: checkpointed, from the
-    forward step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed
-    segment (a later pass evaluates Jacobians only on the split steps); backsolve, the
-    backward stages of y themselves (the whole segment again in each pass). Memory: one
-    segment's sub-steps. Returns (z, src, lp, times, yend, passes)."""
+    The accepted forward steps are walked backwards; then every step whose error norm
+    (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|, |end|)), largest over the
+    batch) exceeds 1 is split into equal sub-steps (the local error of the pair falls as
+    the 5th power of the step) and the steps are walked again, until every step passes
+    (else a SimulationError). Observation times are forward grid points, so λ's jumps
+    fall on step boundaries. States at the stage times: checkpointed, from the forward
+    step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed segment (a
+    later pass evaluates Jacobians only on the split steps); backsolve, the backward
+    stages of y themselves (all of them again in each pass). Memory: the segment is
+    processed in chunks of at most :data:`ADJOINT_CHUNK` forward steps and
+    :data:`ADJOINT_CHUNK_SUBSTEPS` backward sub-steps (a chunk shrinks when its steps
+    are split beyond that). Yields (z, src, lp, times, yend, passes) per chunk."""
     ode, solver, p = grid.ode, grid.solver, grid.params
     B, n, m = p.shape[0], ode.n, ode.m
     c = solver.c
@@ -534,70 +539,88 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
     cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
     P = len(cslot)
     i0, cnt = grid.segs[seg]
-    h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    h_all, t_all = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
     if not backsolve:
-        tape, ks = tab.forward(h, t, grid.cps[seg], p)
-        src_o, _ = grid.state_sources(i0, tape, with_running=False)
-    sub = np.ones(cnt, np.int64)
-    changed = np.ones(cnt, bool)            # parents whose stage points are new
-    old = None
-    for passes in range(1, ADJOINT_MAX_PASSES + 1):
-        hs, ts, parent, k, start = _subgrid(h, t, sub)
-        L = len(hs)
-        yerr = None
-        if backsolve:
-            sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
-            src_o, _ = grid.state_sources(i0, sstates[start], with_running=False)
-            fresh = np.ones(L, bool)
-        else:
-            fresh = changed[parent]
-        # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
-        JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
-        if old is not None and not fresh.all():
-            keep = ~fresh
-            prev = old[2][parent[keep]] + k[keep]
-            JJ[keep], gg[keep] = old[0][prev], old[1][prev]
-        fi = np.nonzero(fresh)[0]
-        if backsolve:
-            X = Ys
-        else:
-            X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
-        TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
-        Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
-        JJ[fi], gg[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:]), gf.reshape((len(fi), P) + gf.shape[1:])
-        old = (JJ, gg, start)
-        idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
-        src = np.zeros((L + 1, B, n))
-        src[start] = src_o
-        z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
-                               gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
-        comps = n + m
-        if yerr is not None:
-            sq = sq + yerr
-            comps += n
-        err = np.sqrt(sq / comps).max(axis=1)                         # (L,)
-        if not np.all(np.isfinite(err)):
+        tape_all, ks_all = tab.forward(h_all, t_all, grid.cps[seg], p)
+    sub_all = np.ones(cnt, np.int64)
+    c1 = cnt
+    while c1 > 0:
+        c0 = max(0, c1 - ADJOINT_CHUNK)
+        changed = np.ones(cnt, bool)        # parents whose stage points are new
+        old = None
+        for passes in range(1, ADJOINT_MAX_PASSES + 1):
+            h, t, sub = h_all[c0:c1], t_all[c0:c1], sub_all[c0:c1]
+            hs, ts, parent, k, start = _subgrid(h, t, sub)
+            L = len(hs)
+            yerr = None
+            if backsolve:
+                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
+                src_o, _ = grid.state_sources(i0 + c0, sstates[start], with_running=False)
+                fresh = np.ones(L, bool)
+            else:
+                tape, ks = tape_all[c0:c1 + 1], ks_all[c0:c1]
+                src_o, _ = grid.state_sources(i0 + c0, tape, with_running=False)
+                fresh = changed[c0:c1][parent]
+            # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
+            JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
+            if old is not None and not fresh.all():
+                keep = ~fresh
+                prev = old[2][parent[keep]] + k[keep]
+                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
+            fi = np.nonzero(fresh)[0]
+            if backsolve:
+                X = Ys
+            else:
+                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
+            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
+            Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
+            JJ[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:])
+            gg[fi] = gf.reshape((len(fi), P) + gf.shape[1:])
+            old = (JJ, gg, start)
+            idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
+            src = np.zeros((L + 1, B, n))
+            src[start] = src_o
+            z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
+                                   gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
+            comps = n + m
+            if yerr is not None:
+                sq = sq + yerr
+                comps += n
+            err = np.sqrt(sq / comps).max(axis=1)                     # (L,)
+            if not np.all(np.isfinite(err)):
+                raise SimulationError(
+                    f"the continuous adjoint of {solver!r} became NaN/inf near t = "
+                    f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
+                    "gradient='discrete'")
+            worst = np.zeros(c1 - c0)
+            np.maximum.at(worst, parent, err)
+            bad = worst > 1.0
+            if not bad.any():
+                break
+            # split so that the error (∝ h^5) drops to about half the tolerance
+            sub[bad] *= np.maximum(2, np.ceil((2.0 * worst[bad]) ** 0.2)).astype(np.int64)
+            if sub.max() > ADJOINT_MAX_SPLIT:
+                break
+            changed[:] = False
+            changed[c0:c1] = bad
+            # too many sub-steps for one chunk: keep its later steps, start it afresh
+            tot = np.cumsum(sub[::-1])
+            if tot[-1] > ADJOINT_CHUNK_SUBSTEPS and c1 - c0 > 1:
+                c0 = c1 - max(1, int(np.searchsorted(tot, ADJOINT_CHUNK_SUBSTEPS, side="right")))
+                changed[:] = True
+                old = None
+        if bad.any():
+            i = int(np.argmax(worst))
             raise SimulationError(
-                f"the continuous adjoint of {solver!r} became NaN/inf near t = "
-                f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
-                "gradient='discrete'")
-        worst = np.zeros(cnt)
-        np.maximum.at(worst, parent, err)
-        changed = worst > 1.0
-        if not changed.any():
-            break
-        # split so that the error (∝ h^5) drops to about half the tolerance
-        sub[changed] *= np.maximum(2, np.ceil((2.0 * worst[changed]) ** 0.2)).astype(np.int64)
-        if sub.max() > ADJOINT_MAX_SPLIT:
-            break
-    if changed.any():
-        i = int(np.argmax(worst))
-        raise SimulationError(
-            f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, atol={atol:g} "
-            f"on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the tolerance with it "
-            f"split into {sub[i]} sub-steps); loosen the tolerances or use gradient='discrete'")
-    times = np.concatenate([ts, ts[-1:] + hs[-1:]])
-    return z_new, src, lp, times, (sstates[0] if backsolve else yend), passes
+                f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, "
+                f"atol={atol:g} on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the "
+                f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
+                "or use gradient='discrete'")
+        if backsolve:
+            yend = sstates[0]
+        z = z_new
+        yield z, src, lp, np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
+        c1 = c0
 
 
 def _reverse(grid: Grid, maps):
