@@ -360,8 +360,10 @@ def _discrete_maps(grid, i0, tape):
 
 def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     """Continuous adjoint (see module doc): (dL/dp (B, m), dL/dy0 (B, n)). trace: a list
-    that receives (times, λ) per segment, for plots of the adjoint state. stats: a dict
-    that receives the number of backward steps and passes (adaptive solvers).
+    that receives (times (L + 1,), λ (L + 1, B, n)) per segment (adaptive: per chunk),
+    last segment first, for plots of the adjoint state. stats: a dict that receives
+    ``adjoint_steps`` (backward steps taken) and ``adjoint_passes`` (walks over segments
+    or chunks; more than one per chunk when adaptive steps were split).
 
     Fixed-step solvers: classic RK4 backwards on the solver's own grid (its error is the
     grid's discretisation error). Adaptive solvers (Dopri5): the solver's own pair with
