@@ -156,11 +156,15 @@ class ODEProblem(Problem):
         the objective's exact gradient g_d differs from g_c by its own discretisation
         error, so |g_a − g_d| ≤ |g_a − g_c| + |g_d − g_c|. Each term is estimated by step
         halving of that method itself (Richardson): e(h) ≈ |g(h) − g(h/2)|·2^p/(2^p − 1)
-        with p = min(4, solver order) (the adjoint integrates by RK4 on states of the
-        forward solver's accuracy; p = 1 for leapfrog and symplectic Euler, first order
-        in velocity-dependent forces). The estimate never uses g_a − g_d, so an adjoint that
-        is wrong by more than its discretisation error still fails the check. Returned:
-        2·(e_a + e_d) (a factor 2 for the asymptotic estimate). Cost: four gradients."""
+        with p = min(4, solver order) (fixed steps: the adjoint integrates by RK4 on states
+        of the forward solver's accuracy; p = 1 for leapfrog and symplectic Euler, first
+        order in velocity-dependent forces). Dopri5: the refined run divides rtol and atol
+        by 2⁵, and both errors scale about linearly with rtol (the adjoint's backward pass
+        is error-controlled at the solver's tolerances; docs/ode.md), so the factor
+        32/31 would do: the 16/15 of p = 4 is kept, slightly larger. The estimate never
+        uses g_a − g_d, so an adjoint that is wrong by more than its discretisation error
+        still fails the check. Returned: 2·(e_a + e_d) (a factor 2 for the asymptotic
+        estimate). Cost: four gradients."""
         if method != "adjoint":
             return None
         x = self._as_x(x)
