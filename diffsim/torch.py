@@ -46,7 +46,6 @@ class Simulate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, m):
         _check(x)
-        m.out_shape(tuple(x.shape))
         need = bool(ctx.needs_input_grad[0])
         Y, G = m(x.detach().to("cpu", torch.float64).numpy(), need_grad=need)
         if need:
