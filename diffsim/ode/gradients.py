@@ -31,7 +31,7 @@ small forward-only Taichi kernels.
 import dataclasses
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError

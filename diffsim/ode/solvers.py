@@ -9,8 +9,7 @@ accuracy in h.
 import contextlib
 import warnings
 
-import taichi as ti
-from taichi.lang import impl as _impl
+from ..backend import impl as _impl, ti
 
 from ..errors import DiffsimError
 

@@ -87,9 +87,8 @@ def _fname(fn):
 
 
 def _probe(ode, what, fn, want):
-    import taichi as ti
-    from taichi.lang import impl
-    from taichi.lang.expr import Expr
+    from ..backend import expr_class, lang_impl, ti
+    impl, Expr = lang_impl(), expr_class()
     from .solvers import quiet_trace
 
     n, m = ode.n, ode.m

@@ -39,7 +39,7 @@ batch loops serially (a parallel dispatch costs ~150 µs here, a serial one ~20-
 import math
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
