@@ -274,9 +274,11 @@ class Projectile(runtime.RuntimeBound):
                 vx, vy, vz = S[3][k, b], S[4][k, b], S[5][k, b]
                 live, bounced = alive[k, b], nb[k, b]
                 g, kd, e = inp[I_GRAVITY, b], inp[I_DRAG, b], inp[I_RESTITUTION, b]
-                wx, wz = inp[I_WIND_X, b], 0.0
-                if ti.static(dims3):
-                    wz = inp[I_WIND_Z, b]
+                # one assignment each: Quadrants 1.3.3 gave a wind_z gradient 1/n of the
+                # truth when wz was set to 0 and then overwritten here (a mutable local
+                # read before the time loop; taichi-notes 33)
+                wx = inp[I_WIND_X, b]
+                wz = inp[I_WIND_Z, b] if ti.static(dims3) else 0.0
                 lx, lz, lt = 0.0, 0.0, 0.0
                 for i in range(n):
                     if live == 1:
