@@ -574,6 +574,12 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError("backward() after set_inputs(): the inputs changed since the "
                                "last forward(), so its gradients would mix two points; call "
                                "forward() again first")
+        if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
+            raise DiffsimError(
+                "gradients through a bounce are not available on the quadrants backend: "
+                "Quadrants 1.3.3 differentiates the bounce wrongly (measured 0.1-17 % off "
+                "central differences, depending on where the impacts fall; taichi-notes 33). "
+                "Run with --backend taichi (or DIFFSIM_BACKEND=taichi), or set restitution = 0")
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
         # backward() leave them so (take_grad), which saves a clearing launch per call. A
         # backward that did not complete (Ctrl-C, an error) leaves them dirty: clear first.
