@@ -117,16 +117,22 @@ class Integration(runtime.RuntimeBound):
         def segment(k: ti.i32, t0: ti.i32, cnt: ti.i32):
             ti.loop_config(serialize=serial)
             for b in range(B):
-                # one assignment each before the time loop: Quadrants 1.3.3 differentiated
-                # 'a = 0.0; if static(..): a = S[..]' wrongly (taichi-notes 33)
                 a0 = S[k, b, 0]
-                a1 = S[k, b, 1] if ti.static(n > 1) else 0.0
-                a2 = S[k, b, 2] if ti.static(n > 2) else 0.0
-                a3 = S[k, b, 3] if ti.static(n > 3) else 0.0
-                a4 = S[k, b, 4] if ti.static(n > 4) else 0.0
-                a5 = S[k, b, 5] if ti.static(n > 5) else 0.0
-                a6 = S[k, b, 6] if ti.static(n > 6) else 0.0
-                a7 = S[k, b, 7] if ti.static(n > 7) else 0.0
+                a1, a2, a3, a4, a5, a6, a7 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+                if ti.static(n > 1):
+                    a1 = S[k, b, 1]
+                if ti.static(n > 2):
+                    a2 = S[k, b, 2]
+                if ti.static(n > 3):
+                    a3 = S[k, b, 3]
+                if ti.static(n > 4):
+                    a4 = S[k, b, 4]
+                if ti.static(n > 5):
+                    a5 = S[k, b, 5]
+                if ti.static(n > 6):
+                    a6 = S[k, b, 6]
+                if ti.static(n > 7):
+                    a7 = S[k, b, 7]
                 acc = 0.0
                 for i in range(cnt):
                     y = pack(a0, a1, a2, a3, a4, a5, a6, a7)
