@@ -13,16 +13,14 @@ os.environ.setdefault("QD_LOG_LEVEL", "warn")
 #: ``gradient`` here (not in each file) and run again with DIFFSIM_BACKEND=quadrants by
 #: tests/test_backends.py. A node id prefix per entry; each must match a collected test
 #: when that file is collected (a renamed test fails the session instead of dropping out).
-#: Not listed, on purpose: projectile bounce gradients and explicit ODE solver gradients,
-#: which Quadrants 1.3.3 gets wrong and diffsim refuses there (test_backends.py checks
-#: the refusals); tests of taichi-only behaviour or that compare bits across kernels.
+#: Not listed, on purpose: tests through projectile bounces (the cannon_bounce scene,
+#: bouncy fixtures) and explicit ODE solver gradients, which Quadrants 1.3.3 gets wrong
+#: and diffsim refuses there (test_backends.py::test_refused_paths checks the refusals).
 GRADIENT_TESTS = (
     "test_projectile.py::test_range_and_gradients_match_vacuum_closed_form",
     "test_projectile.py::test_3d_gradients_including_azimuth_and_cross_wind",
     "test_projectile.py::test_segmented_horizon_equals_a_single_segment",
-    "test_projectile.py::test_serial_and_parallel_batch_loops_give_identical_values_and_gradients",
     "test_cannon_physics.py::test_deflated_first_step_gradients_match_central_differences_with_drag",
-    "test_cannon.py::test_scene_gradient_passes_gradcheck_with_every_parameter",
     "test_mass_spring.py::test_gradients_with_ground_contact_and_sine_controller",
     "test_mass_spring.py::test_gradients_neural_controller_robot_a_short",
     "test_mass_spring.py::test_elastic_bounce_height_derivative_is_minus_one",
