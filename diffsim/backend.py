@@ -128,15 +128,6 @@ def expr_class():
     return importlib.import_module(BACKENDS[name()] + ".lang.expr").Expr
 
 
-def error_types() -> tuple:
-    """The backend's own exception classes (``Taichi*Error`` / ``Quadrants*Error``), for
-    code that turns a failed compile into a DiffsimError."""
-    mod = module()
-    prefix = "Taichi" if name() == "taichi" else "Quadrants"
-    return tuple(getattr(mod, n) for n in dir(mod)
-                 if n.startswith(prefix) and n.endswith("Error") and isinstance(getattr(mod, n), type))
-
-
 def is_foreign_function(fn) -> bool:
     """True for a ``@func`` of the backend that is *not* the chosen one (a user's
     ``@taichi.func`` handed to a Quadrants run, or the reverse): it cannot be called from

@@ -49,6 +49,18 @@ def test_import_chooses_nothing_and_env_picks_the_backend():
     assert out.stdout.strip() == "quadrants"
 
 
+def test_a_function_of_the_other_backend_is_refused_by_name(runtime):
+    from diffsim.ode import ODE
+    other = "quadrants" if runtime.backend == "taichi" else "taichi"
+
+    def rhs(t, y, p):
+        return y
+    setattr(rhs, f"_is_{other}_function", True)     # what @other.func leaves on it
+    with pytest.raises(DiffsimError, match=f"rhs function rhs of ODE 'mine' is a {other} "
+                                           f"function.*diffsim.backend import ti"):
+        ODE(rhs, 1, 1, name="mine").check()
+
+
 def test_cli_backend_flag_gives_the_same_gradient_on_both():
     res = {}
     for name in ("taichi", "quadrants"):
