@@ -207,7 +207,8 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
             "available on the quadrants backend: Quadrants 1.3.3 differentiates diffsim's "
             "fused ODE time loop wrongly (measured: Euler on Lotka-Volterra off by up to 4x "
             "against central differences; taichi-notes 33). Use --backend taichi "
-            "(DIFFSIM_BACKEND=taichi), gradient='fd', or the implicit BackwardEuler solver")
+            "(DIFFSIM_BACKEND=taichi), gradient='fd' (--method fd), or the implicit "
+            "BackwardEuler solver")
     ts = steps.ts
     J = len(ts)
     d, w = _data(data, weights, B, J, ode.n)
