@@ -143,13 +143,13 @@ class _LazyFunc:
     """A ``@ti.func`` made before the backend was chosen: decorated with the chosen
     backend's ``func`` at its first use (inside a kernel, so the backend is known)."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, **options):
         functools.update_wrapper(self, fn)
-        self._real = None
+        self._real, self._options = None, options
 
     def _resolve(self):
         if self._real is None:
-            self._real = module().func(self.__wrapped__)
+            self._real = module().func(self.__wrapped__, **self._options)
         return self._real
 
     def __call__(self, *args, **kwargs):
@@ -163,7 +163,7 @@ class _LazyFunc:
 
 def _lazy_func(fn=None, **kwargs):
     if fn is None:                        # @ti.func(...) with options
-        return lambda f: module().func(f, **kwargs) if _name else _LazyFunc(f)
+        return lambda f: module().func(f, **kwargs) if _name else _LazyFunc(f, **kwargs)
     return _LazyFunc(fn)
 
 
