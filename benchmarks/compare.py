@@ -31,6 +31,7 @@ speed table of different computations would be worthless. Peers that are not ins
 to the measurements with met / not met.
 
     PYTHONPATH=. python benchmarks/compare.py [--quick] [--only cannon|cloth] [--repeats N]
+        [--backend taichi|quadrants]
 """
 import argparse
 import time
@@ -542,11 +543,13 @@ def main():
                     help="small sizes (cannon B = 1, 64; cloth 16×16, 100 steps), 1 repeat")
     ap.add_argument("--only", choices=("cannon", "cloth"))
     ap.add_argument("--repeats", type=int, default=None, help="warm runs per timing (default 5; --quick: 1)")
+    ap.add_argument("--backend", choices=("taichi", "quadrants"), default=None,
+                    help="diffsim's kernel language (default: $DIFFSIM_BACKEND, else taichi)")
     a = ap.parse_args()
     repeats = a.repeats or (1 if a.quick else 5)
     import diffsim
-    rt = diffsim.init("cpu", "f64")
-    print(f"diffsim vs JAX (jit + scan + vmap) vs Warp (per-step launches, wp.Tape), float64, "
+    rt = diffsim.init("cpu", "f64", backend=a.backend)
+    print(f"diffsim ({rt.backend}) vs JAX (jit + scan + vmap) vs Warp (per-step launches, wp.Tape), float64, "
           f"arch={rt.arch}. 'first s': first call incl. compile; times: best of {repeats} warm runs; "
           f"diffsim/peer < 1: diffsim faster. rel.diff: max |peer - diffsim| / max |diffsim|.")
     versions = []

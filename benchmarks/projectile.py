@@ -5,7 +5,7 @@ inside the kernel, one launch per ≤500-step segment) and of a DiffTaichi-style
 kernel launch per time step, differentiated with ti.ad.Tape), measured in the same run,
 the gradient/forward ratio, cannon-steps per second and the speed-up.
 
-    python benchmarks/projectile.py [--batches 1 1024 16384] [--repeats 5]
+    python benchmarks/projectile.py [--batches 1 1024 16384] [--repeats 5] [--backend quadrants]
 """
 import argparse
 import time
@@ -44,7 +44,7 @@ def fused(B, repeats):
 
 def per_step(B, repeats):
     """DiffTaichi's shape: state fields indexed by step, one kernel launch per step."""
-    import taichi as ti
+    from diffsim.backend import ti
     x = ti.Vector.field(2, ti.f64, (STEPS + 1, B), needs_grad=True)
     v = ti.Vector.field(2, ti.f64, (STEPS + 1, B), needs_grad=True)
     speed = ti.field(ti.f64, B, needs_grad=True)
@@ -92,9 +92,11 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 1024, 16384])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--backend", choices=("taichi", "quadrants"), default=None,
+                    help="kernel language (default: $DIFFSIM_BACKEND, else taichi)")
     args = ap.parse_args()
-    rt = diffsim.init("cpu", "f64")
-    print(f"cannon with quadratic drag, {STEPS} steps, float64, arch={rt.arch}; best of "
+    rt = diffsim.init("cpu", "f64", backend=args.backend)
+    print(f"cannon with quadratic drag, {STEPS} steps, float64, backend={rt.backend}, arch={rt.arch}; best of "
           f"{args.repeats} warm runs\n")
     head = (f"{'B':>6} {'compile s':>9} {'fwd ms':>9} {'fwd+bwd ms':>11} {'grad/fwd':>8} "
             f"{'steps/s (f+b)':>14} {'per-step fwd ms':>16} {'per-step f+b ms':>16} {'speed-up':>9}")

@@ -45,7 +45,7 @@ def _problem(args, **kw):
     # which Python reads 5e-324 as 0.0 and a message would quote the wrong value.
     sc = scene_mod.load(args.scene, args.set)
     args.scene_path = sc.path
-    runtime.init(arch=args.arch, precision=args.precision)
+    runtime.init(arch=args.arch, precision=args.precision, backend=getattr(args, "backend", None))
     return sc, scene_mod.build(sc, **kw)
 
 
@@ -223,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a scene value, e.g. --set physics.drag=0.1 (repeatable)")
             sp.add_argument("--arch", default="cpu", choices=["cpu", "cuda", "vulkan", "metal", "auto"],
-                            help="Taichi backend (default cpu)")
+                            help="device to run on (default cpu)")
             sp.add_argument("--precision", default="f64", choices=["f64", "f32"],
                             help="float precision (default f64)")
+            sp.add_argument("--backend", default=None, choices=["taichi", "quadrants"],
+                            help="kernel language (default: $DIFFSIM_BACKEND, else taichi)")
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     def method(sp):

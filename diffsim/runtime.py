@@ -1,6 +1,7 @@
-"""The one place that initialises Taichi.
+"""The one place that initialises the kernel runtime (Taichi or Quadrants, see backend.py).
 
-``diffsim.init(arch="cpu", precision="f64")`` sets the backend and the float type;
+``diffsim.init(arch="cpu", precision="f64", backend=None)`` sets the arch, the float type
+and the kernel language;
 every simulation object records the runtime *generation* it was built in and checks it
 before each kernel launch, so an object used after a re-initialisation raises
 :class:`~diffsim.errors.RuntimeStateError` instead of crashing the process
@@ -16,44 +17,13 @@ boundary states are stored, so any horizon is safe and memory is O(segments).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import sys
 
-
-@contextlib.contextmanager
-def _stdout_to_stderr(quiet=False):
-    """Send file descriptor 1 to stderr (``quiet``: to /dev/null) for a while: Taichi
-    prints its banner and "Starting on arch" to stdout (from C++ and Python), which would
-    corrupt `--json` and clutter every command's output."""
-    try:
-        fd = sys.stdout.fileno()
-        err = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # captured streams (pytest, notebooks)
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    null = os.open(os.devnull, os.O_WRONLY) if quiet else None
-    try:
-        os.dup2(null if quiet else err, fd)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, fd)
-        os.close(saved)
-        if null is not None:
-            os.close(null)
-
-
-# Taichi prints a version banner on import: on every command, even `diffsim scenes`.
-# A user who wants it sets ENABLE_TAICHI_HEADER_PRINT=1.
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")
-with _stdout_to_stderr():
-    import taichi as ti
-
+from . import backend as _backend
+from .backend import ti
 from .errors import DiffsimError, RuntimeStateError
 
 #: Entries per autodiff-stack variable (4× margin over MAX_FUSED_STEPS). Taichi keeps
@@ -75,10 +45,11 @@ class RuntimeInfo:
     requested: str     # what was asked for ("auto" included)
     precision: str     # "f64" or "f32"
     generation: int    # bumps on every real re-initialisation
+    backend: str = "taichi"   # kernel language: "taichi" or "quadrants" (diffsim.backend)
 
     @property
     def real(self):
-        """The Taichi float type of this runtime (ti.f64 or ti.f32)."""
+        """The kernel float type of this runtime (ti.f64 or ti.f32)."""
         return ti.f64 if self.precision == "f64" else ti.f32
 
     @property
@@ -96,25 +67,41 @@ def _arch_of(name: str):
 
 
 def _picked_arch() -> str:
-    a = ti.lang.impl.current_cfg().arch
+    a = _backend.lang_impl().current_cfg().arch
     if a in (ti.x64, ti.arm64):
         return "cpu"
     return {ti.cuda: "cuda", ti.vulkan: "vulkan", ti.metal: "metal"}.get(a, str(a))
 
 
-def init(arch: str = "cpu", precision: str = "f64", *, verbose: bool = False) -> RuntimeInfo:
-    """Initialise (or keep) the Taichi runtime and return its description.
+def _stack_options(name: str) -> dict:
+    """Autodiff-stack options of ``ti.init`` for a backend. Taichi: a fixed stack of
+    AD_STACK_SIZE entries. Quadrants 1.3.3 needs ``ad_stack_experimental_enabled=True`` or a
+    reverse kernel with a dynamic loop carrying nonlinear state does not compile; it sizes
+    the stack itself from the loop bounds, except where a bound is a scalar kernel argument
+    (ours are), so the explicit size is kept too."""
+    if name == "quadrants":
+        return {"ad_stack_experimental_enabled": True, "ad_stack_size": AD_STACK_SIZE}
+    return {"ad_stack_size": AD_STACK_SIZE}
+
+
+def init(arch: str = "cpu", precision: str = "f64", *, backend: str | None = None,
+         verbose: bool = False) -> RuntimeInfo:
+    """Initialise (or keep) the kernel runtime and return its description.
 
     arch: "cpu", "cuda", "vulkan", "metal" or "auto" (best available, falling back to
     cpu; the pick is in the returned ``arch``). precision: "f64" (default; gradients are
-    checked in float64) or "f32". Calling again with the same settings is a no-op;
-    different settings re-initialise Taichi, which invalidates every object made before.
+    checked in float64) or "f32". backend: "taichi" or "quadrants" (default: the
+    environment variable DIFFSIM_BACKEND, else "taichi"); one backend per process, fixed
+    at the first init (see :mod:`diffsim.backend`). Calling again with the same settings
+    is a no-op; a different arch or precision re-initialises the runtime, which
+    invalidates every object made before.
     """
     global _current, _generation
     if arch not in ARCHS:
         raise DiffsimError(f"arch={arch!r} is not known; use one of {', '.join(ARCHS)}")
     if precision not in PRECISIONS:
         raise DiffsimError(f"precision={precision!r} is not known; use 'f64' or 'f32'")
+    name, _ = _backend.select(backend)
     if _current is not None and _current.requested == arch and _current.precision == precision:
         return _current
     real = ti.f64 if precision == "f64" else ti.f32
@@ -125,18 +112,17 @@ def init(arch: str = "cpu", precision: str = "f64", *, verbose: bool = False) ->
         ti_arch = _arch_of(arch)
     if precision == "f64" and arch in ("vulkan", "metal"):
         raise DiffsimError(f"arch={arch!r} has no float64; pass precision='f32' or use cpu/cuda")
-    with _stdout_to_stderr(quiet=not verbose):
-        ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, ad_stack_size=AD_STACK_SIZE,
-                offline_cache=True, log_level=ti.INFO if verbose else ti.WARN)
+    with _backend.stdout_to_stderr(quiet=not verbose):
+        ti.init(arch=ti_arch, default_fp=real, default_ip=ti.i32, offline_cache=True,
+                log_level=ti.INFO if verbose else ti.WARN, **_stack_options(name))
     picked = _picked_arch()
     if arch not in ("auto", picked):
         # Taichi silently falls back to CPU when the asked-for backend is missing.
-        import sys
         print(f"diffsim: arch={arch!r} is not available here; running on {picked}",
               file=sys.stderr)
     _generation += 1
     _current = RuntimeInfo(arch=picked, requested=arch, precision=precision,
-                           generation=_generation)
+                           generation=_generation, backend=name)
     return _current
 
 

@@ -1,4 +1,5 @@
-"""Test set-up: one Taichi runtime (cpu, float64) for the whole session (taichi-notes 5)."""
+"""Test set-up: one runtime (cpu, float64) for the whole session (taichi-notes 5), on the
+backend DIFFSIM_BACKEND names (default taichi); the ``gradient`` marker."""
 import os
 
 import matplotlib
@@ -6,6 +7,50 @@ import pytest
 
 matplotlib.use("Agg")
 os.environ.setdefault("TI_LOG_LEVEL", "warn")
+os.environ.setdefault("QD_LOG_LEVEL", "warn")
+
+#: Finite-difference / closed-form gradient tests that run on every backend: marked
+#: ``gradient`` here (not in each file) and run again with DIFFSIM_BACKEND=quadrants by
+#: tests/test_backends.py. A node id prefix per entry; each must match a collected test
+#: when that file is collected (a renamed test fails the session instead of dropping out).
+#: Not listed, on purpose: tests through projectile bounces (the cannon_bounce scene,
+#: bouncy fixtures) and explicit ODE solver gradients, which Quadrants 1.3.3 gets wrong
+#: and diffsim refuses there (test_backends.py::test_refused_paths checks the refusals).
+GRADIENT_TESTS = (
+    "test_projectile.py::test_range_and_gradients_match_vacuum_closed_form",
+    "test_projectile.py::test_3d_gradients_including_azimuth_and_cross_wind",
+    "test_projectile.py::test_segmented_horizon_equals_a_single_segment",
+    "test_cannon_physics.py::test_deflated_first_step_gradients_match_central_differences_with_drag",
+    "test_mass_spring.py::test_gradients_with_ground_contact_and_sine_controller",
+    "test_mass_spring.py::test_gradients_neural_controller_robot_a_short",
+    "test_mass_spring.py::test_elastic_bounce_height_derivative_is_minus_one",
+    "test_mass_spring.py::test_problem_gradcheck_triangle",
+    "test_mass_spring_options.py::test_option_gradients_match_central_fd",
+    "test_mass_spring_options.py::test_gradients_exact_for_more_springs_than_the_autodiff_stack",
+    "test_mass_spring_options.py::test_identifiability_report_and_jacobian_against_reverse_mode",
+    "test_ode_implicit.py",
+    "test_backends.py::test_refused_paths",
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gradient: gradient checks run on every backend "
+                                       "(tests/conftest.py GRADIENT_TESTS)")
+
+
+def pytest_collection_modifyitems(config, items):
+    files = {item.nodeid.split("::")[0].split("/")[-1] for item in items}
+    used = set()
+    for item in items:
+        short = item.nodeid.split("/")[-1]
+        for entry in GRADIENT_TESTS:
+            if short == entry or short.startswith(entry + "[") or short.startswith(entry + "::") \
+                    or (entry.endswith(".py") and short.startswith(entry)):
+                item.add_marker(pytest.mark.gradient)
+                used.add(entry)
+    stale = [e for e in GRADIENT_TESTS if e.split("::")[0] in files and e not in used]
+    if stale and not config.getoption("-k") and not config.getoption("--deselect"):
+        raise pytest.UsageError(f"conftest.GRADIENT_TESTS names tests that do not exist: {stale}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,7 +3,7 @@ forms, exact save times, reproduction by the fixed-step 5th-order step, shared b
 grids, failures."""
 import numpy as np
 import pytest
-import taichi as ti
+from diffsim.backend import ti
 
 from diffsim.errors import DiffsimError, SimulationError
 from diffsim.ode import Dopri5, ODE

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent('''
-    import taichi as ti
+    from diffsim.backend import ti
     from diffsim.errors import DiffsimError
     from diffsim.ode import ODE, solve, Dopri5
 

@@ -1,7 +1,7 @@
 """ODE gradients: discrete reverse mode vs central differences and closed forms."""
 import numpy as np
 import pytest
-import taichi as ti
+from diffsim.backend import ti
 
 from diffsim.ode import ODE, Euler, Leapfrog, Midpoint, RK4, SemiImplicitEuler, solve
 from diffsim.ode.systems import SYSTEMS

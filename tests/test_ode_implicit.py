@@ -1,7 +1,7 @@
 """Backward Euler tape (diffsim.ode.implicit): accuracy, stability, batches, failures."""
 import numpy as np
 import pytest
-import taichi as ti
+from diffsim.backend import ti
 from scipy.optimize import fsolve
 
 from diffsim.errors import DiffsimError, SimulationError

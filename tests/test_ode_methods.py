@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 import pytest
-import taichi as ti
+from diffsim.backend import ti
 
 from diffsim.errors import DiffsimError
 from diffsim.ode import ODE, Adjoint, BackwardEuler, Leapfrog, RK4, solve

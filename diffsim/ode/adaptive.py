@@ -42,8 +42,7 @@ causes a recompilation.
 import math
 
 import numpy as np
-import taichi as ti
-from taichi.lang import impl as _impl
+from ..backend import impl as _impl, ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError

@@ -37,7 +37,7 @@ recursions; the continuous adjoint: a stage kernel per tableau).
 import dataclasses
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError

@@ -27,7 +27,7 @@ the number of failed members: one launch per call (from_numpy/to_numpy would eac
 launch of their own, ~60-90 µs apiece here); STATUS is read only after a failure.
 """
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError

@@ -24,7 +24,7 @@ when they change.
 import math
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError

@@ -14,7 +14,7 @@ time recursion runs elsewhere, forward-only (taichi-notes: reverse mode through 
 time loops compiled for minutes and needed a fixed stack size).
 """
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 

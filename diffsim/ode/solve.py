@@ -185,6 +185,15 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         runtime.check_memory(solve_bytes(steps.N, B, ode.n, max_fused),
                              what=f"an ODE solve of {steps.N:.3g} steps over [{t0:g}, {t1:g}]",
                              key="dt", value=dt)
+    if (gradient in ("discrete", "forward", "adjoint") and not solver.implicit
+            and runtime.current().backend == "quadrants"):
+        raise DiffsimError(
+            f"gradient={gradient!r} with the explicit solver {type(solver).__name__} is not "
+            "available on the quadrants backend: Quadrants 1.3.3 differentiates diffsim's "
+            "fused ODE time loop wrongly (measured: Euler on Lotka-Volterra off by up to 4x "
+            "against central differences; taichi-notes 33). Use --backend taichi "
+            "(DIFFSIM_BACKEND=taichi), gradient='fd' (--method fd), or the implicit "
+            "BackwardEuler solver")
     ts = steps.ts
     J = len(ts)
     d, w = _data(data, weights, B, J, ode.n)

@@ -9,8 +9,7 @@ accuracy in h.
 import contextlib
 import warnings
 
-import taichi as ti
-from taichi.lang import impl as _impl
+from ..backend import impl as _impl, ti
 
 from ..errors import DiffsimError
 
@@ -21,7 +20,7 @@ def quiet_trace():
     traced (compiled on first launch): the trace-time helpers here (_comb, pack, sum)
     build expressions on purpose. Local to the block: no global warnings filter."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Calling non-taichi function.*")
+        warnings.filterwarnings("ignore", message=".*Calling non-(taichi|quadrants) function.*")
         yield
 
 

@@ -74,8 +74,16 @@ class ODE:
         gen = runtime.current().generation
         if self._cache.get("checked") == gen:
             return
+        from .. import backend
         for what, fn, want in (("rhs", self.rhs, (self.n,)), ("y0", self.y0, (self.n,)),
                                ("running", self.running, ()), ("final", self.final, ())):
+            if fn is not None and backend.is_foreign_function(fn):
+                other = "quadrants" if backend.name() == "taichi" else "taichi"
+                raise DiffsimError(
+                    f"{what} function {_fname(fn)} of ODE {self.name!r} is a {other} function "
+                    f"but diffsim runs on {backend.name()} here: decorate it with the ti of "
+                    f"`from diffsim.backend import ti` (it follows the chosen backend), or run "
+                    f"with --backend {other} (DIFFSIM_BACKEND={other})")
             if fn is not None:
                 _probe(self, what, fn, want)
         self._cache["checked"] = gen
@@ -87,9 +95,8 @@ def _fname(fn):
 
 
 def _probe(ode, what, fn, want):
-    import taichi as ti
-    from taichi.lang import impl
-    from taichi.lang.expr import Expr
+    from ..backend import expr_class, lang_impl, ti
+    impl, Expr = lang_impl(), expr_class()
     from .solvers import quiet_trace
 
     n, m = ode.n, ode.m

@@ -2,7 +2,7 @@
 
 Each entry: ODE object plus state/parameter names. Units are dimensionless unless said.
 """
-import taichi as ti
+from ..backend import ti
 
 from .system import ODE
 

@@ -44,7 +44,7 @@ loops of one top-level batch loop (zero stiffness gradients), so neither is used
 import math
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError

@@ -39,7 +39,7 @@ batch loops serially (a parallel dispatch costs ~150 µs here, a serial one ~20-
 import math
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
@@ -274,9 +274,11 @@ class Projectile(runtime.RuntimeBound):
                 vx, vy, vz = S[3][k, b], S[4][k, b], S[5][k, b]
                 live, bounced = alive[k, b], nb[k, b]
                 g, kd, e = inp[I_GRAVITY, b], inp[I_DRAG, b], inp[I_RESTITUTION, b]
-                wx, wz = inp[I_WIND_X, b], 0.0
-                if ti.static(dims3):
-                    wz = inp[I_WIND_Z, b]
+                # one assignment each: Quadrants 1.3.3 gave a wind_z gradient 1/n of the
+                # truth when wz was set to 0 and then overwritten here (a mutable local
+                # read before the time loop; taichi-notes 33)
+                wx = inp[I_WIND_X, b]
+                wz = inp[I_WIND_Z, b] if ti.static(dims3) else 0.0
                 lx, lz, lt = 0.0, 0.0, 0.0
                 for i in range(n):
                     if live == 1:
@@ -572,6 +574,12 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError("backward() after set_inputs(): the inputs changed since the "
                                "last forward(), so its gradients would mix two points; call "
                                "forward() again first")
+        if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
+            raise DiffsimError(
+                "gradients through a bounce are not available on the quadrants backend: "
+                "Quadrants 1.3.3 differentiates the bounce wrongly (measured 0.1-17 % off "
+                "central differences, depending on where the impacts fall; taichi-notes 33). "
+                "Run with --backend taichi (or DIFFSIM_BACKEND=taichi), or set restitution = 0")
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
         # backward() leave them so (take_grad), which saves a clearing launch per call. A
         # backward that did not complete (Ctrl-C, an error) leaves them dirty: clear first.
