@@ -44,7 +44,7 @@ def run_one(robot, precision, repeat, baseline):
 def _difftaichi_style(m):
     """DiffTaichi's mass_spring.py loop on the same fields: per step, kernels for the
     centre, hidden layer, output layer, springs and masses, all under ti.ad.Tape."""
-    import taichi as ti
+    from diffsim.backend import ti
     T, N, S, A, H, NS = m.T, m.N, m.S, max(m.A, 1), m.H, m.NS
     xs, ys, vxs, vys, fx, fy, cx, cy, u = m.xs, m.ys, m.vxs, m.vys, m.fx, m.fy, m.cx, m.cy, m.u
     p, hid, loss, sa, sb, aidx = m.p, m.hid, m.loss, m.sa, m.sb, m.aidx

@@ -23,7 +23,7 @@ import time
 import tracemalloc
 
 import numpy as np
-import taichi as ti
+from diffsim.backend import ti
 from scipy.integrate import solve_ivp
 
 import diffsim

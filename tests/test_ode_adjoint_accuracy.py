@@ -4,7 +4,7 @@ by scipy's DOP853 at rtol 1e-13), against closed forms with running/final costs 
 and the error control itself (it refines, and it refuses when it cannot)."""
 import numpy as np
 import pytest
-import taichi as ti
+from diffsim.backend import ti
 from scipy.integrate import solve_ivp
 
 from diffsim.errors import SimulationError
