@@ -31,7 +31,9 @@ at run time gave wrong reverse-mode gradients inside the fused time loop (measur
 taichi 1.7.4: 0.64 vs 0.04; the same index into a field, or without a loop, was right),
 so every knot contributes max(0, 1 - |s - k|) with k unrolled at compile time.
 """
+import contextlib
 import math
+import warnings
 
 import numpy as np
 import taichi as ti
@@ -203,14 +205,16 @@ class Transcription:
         steps = (self.N - 1) * int(substeps)
         return (self.t1 - self.t0) / steps, self.t0 + (self.t1 - self.t0) * np.arange(steps + 1) / steps
 
-    def solve(self, q, y0, substeps=10, gradient=None, trace=None, solver=None):
+    def solve(self, q, y0, substeps=10, gradient=None, trace=None, solver=None, adjoint=None):
         """Integrate with every grid state saved. y0: (n,) initial state of x (the running
         cost starts at 0). Returns the :class:`~diffsim.ode.Solution` (its ys has n + 1
-        components; loss = running + terminal cost incl. the constraint terms)."""
+        components; loss = running + terminal cost incl. the constraint terms). adjoint: an
+        :class:`~diffsim.ode.Adjoint` for gradient="adjoint"."""
         dt, ts = self.grid(substeps)
         y = np.concatenate([np.asarray(y0, dtype=np.float64), [0.0]])
-        return solve(self.ode, (self.t0, self.t1), y, q, solver=solver or RK4(), dt=dt,
-                     saveat=ts, gradient=gradient, adjoint_trace=trace)
+        with _quiet_unroll():
+            return solve(self.ode, (self.t0, self.t1), y, q, solver=solver or RK4(), dt=dt,
+                         saveat=ts, gradient=gradient, adjoint=adjoint, adjoint_trace=trace)
 
     def pontryagin(self, q, sol, trace):
         """First-order optimality data along a solution solved with gradient="adjoint"
@@ -222,7 +226,8 @@ class Transcription:
         if ys.shape[0] != len(ts) or not np.allclose(sol.ts, ts, rtol=0, atol=1e-9 * (self.t1 - self.t0)):
             raise DiffsimError("internal: the adjoint trace does not lie on the saved grid")
         n, nu, N, ik = self.sys.n, self.sys.nu, self.N, self.i_knots
-        v, _, jq = jacobians(self.ode, RK4(), 1)("rhs", ys[:, None, :], ts, 0.0, q[None, :])
+        with _quiet_unroll():
+            v, _, jq = jacobians(self.ode, RK4(), 1)("rhs", ys[:, None, :], ts, 0.0, q[None, :])
         v, jq = v[:, 0], jq[:, 0]                         # (M, n+1), (M, n+1, n_q)
         # ∂(f, L)/∂q_jk = ∂(f, L)/∂u_j·φ_k(t) and Σ_k φ_k = 1: summing the knot columns
         # of control j gives ∂(f, L)/∂u_j at any t
@@ -234,6 +239,15 @@ class Transcription:
         return {"t": ts, "x": ys[:, :n], "u": self.control(knots, ts), "lam": lam_aug[:, :n],
                 "lam_cost": lam_aug[:, n], "H": H, "dHdu": dHdu,
                 "f": v[:, :n], "L": v[:, n]}
+
+
+@contextlib.contextmanager
+def _quiet_unroll():
+    """Silence Taichi's "You are unrolling more than N iterations" SyntaxWarning: the
+    knot sum and the parameter vector are unrolled on purpose (bounded by MAX_KNOTS)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unrolling more than.*")
+        yield
 
 
 def _trace_path(trace):
