@@ -21,7 +21,9 @@ values and whose state carries the running cost as one extra component:
   (augmented Lagrangian; ν = 0 gives the quadratic penalty). The task module updates ν
   and ρ between inner minimisations.
 
-The ODE's parameter vector is [p (physical), target (n_c), ν (n_c), ρ, knots (n_u·N)].
+The ODE's parameter vector is [p (physical), t0, 1/Δ, target (n_c), ν (n_c), ρ, knots
+(n_u·N)]; with the times as parameters one compiled ODE (cached on the ControlledODE per
+knot count and constraint set) serves every horizon.
 The continuous adjoint of :func:`~diffsim.ode.solve` (``gradient="adjoint"``) integrates
 λ' = -(∂f/∂x)ᵀλ - ∂L/∂x from λ(T) = ∂(terminal)/∂x; its trace gives the costate λ(t) of
 Pontryagin's principle with H = L + λᵀf, and dJ/dq_jk = ∫ ∂H/∂u_j·φ_k dt.
@@ -120,28 +122,31 @@ class Transcription:
         self.constrained = constrained
         n, nu, nc = sysm.n, sysm.nu, len(constrained)
         self.mp = max(sysm.m, 1)
-        self.i_target = self.mp
+        self.i_time = self.mp             # t0 and 1/Δ: parameters, so that one compiled
+        self.i_target = self.mp + 2       # ODE serves every horizon with N knots
         self.i_nu = self.i_target + nc
         self.i_rho = self.i_nu + nc
         self.i_knots = self.i_rho + 1
         self.n_q = self.i_knots + nu * knots
         self.knot_times = t0 + (t1 - t0) * np.arange(knots) / (knots - 1)
-        self.ode = self._build()
+        key = ("shooting", knots, tuple(constrained))
+        self.ode = sysm._cache.get(key)
+        if self.ode is None:
+            self.ode = sysm._cache[key] = self._build()
 
     # -- the ODE -----------------------------------------------------------------------
     def _build(self):
         sysm = self.sys
         f, L, phi = sysm.f, sysm.running, sysm.final
         n, nu, N, mp = sysm.n, sysm.nu, self.N, self.mp
-        t0, inv = self.t0, (self.N - 1) / (self.t1 - self.t0)
-        ik, it, inu, irho = self.i_knots, self.i_target, self.i_nu, self.i_rho
+        ik, it, inu, irho, itm = self.i_knots, self.i_target, self.i_nu, self.i_rho, self.i_time
         cons = list(self.constrained)
         nc = len(cons)
         has_L, has_phi = L is not None, phi is not None
 
         @ti.func
         def controls(t, q):
-            s = (t - t0) * inv
+            s = (t - q[itm]) * q[itm + 1]
             hats = _local(ti.Vector([ti.max(0.0, 1.0 - ti.abs(s - k)) for k in ti.static(range(N))]))
             return _local(ti.Vector([sum([q[ik + j * N + k] * hats[k] for k in ti.static(range(N))])
                                      for j in ti.static(range(nu))]))
@@ -180,6 +185,7 @@ class Transcription:
         physical parameters, constraint targets, multipliers ν and penalty ρ."""
         q = np.zeros(self.n_q)
         q[:len(phys)] = phys
+        q[self.i_time:self.i_time + 2] = self.t0, (self.N - 1) / (self.t1 - self.t0)
         nc = len(self.constrained)
         q[self.i_target:self.i_target + nc] = np.broadcast_to(np.asarray(target, float), (nc,)) if nc else []
         q[self.i_nu:self.i_nu + nc] = np.broadcast_to(np.asarray(nu, float), (nc,)) if nc else []

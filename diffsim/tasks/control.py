@@ -117,19 +117,6 @@ def build(sc, **_):
     return ControlProblem(sc)
 
 
-_TRANSCRIPTIONS = {}
-
-
-def _transcription(sysm, t_span, knots, constrained):
-    """One Transcription per (system, span, knots, constraints) and runtime: its ODE's
-    compiled kernels are reused by every problem built from the same scene."""
-    key = (sysm.name, tuple(t_span), knots, tuple(constrained), runtime.current().generation)
-    tr = _TRANSCRIPTIONS.get(key)
-    if tr is None:
-        tr = _TRANSCRIPTIONS[key] = Transcription(sysm, t_span, knots, constrained)
-    return tr
-
-
 class ControlProblem(Problem):
     """Knot values of the control as the problem's parameters (names ``u[k]``); the
     objective is the merit J + νᵀc + ρ/2·|c|² at the current multipliers ν and weight ρ
@@ -147,7 +134,7 @@ class ControlProblem(Problem):
         self.adjoint_kind = s["adjoint"]
         self.constrained = [sysm.state_names.index(k) for k in sc["target"]]
         self.target = np.array([float(sc["target"][sysm.state_names[i]]) for i in self.constrained])
-        self.tr = _transcription(sysm, (s["t0"], s["t1"]), c["knots"], self.constrained)
+        self.tr = Transcription(sysm, (s["t0"], s["t1"]), c["knots"], self.constrained)
         N = c["knots"]
         lo = np.array(c["lower"] or [-math.inf] * sysm.nu, dtype=np.float64)
         hi = np.array(c["upper"] or [math.inf] * sysm.nu, dtype=np.float64)
