@@ -240,3 +240,16 @@ def test_bad_scene_values_are_refused_naming_the_key(override, key, capsys):
 def test_resume_is_refused_clearly(tmp_path, capsys):
     assert main(["optimize", "zermelo", "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
     assert "--resume is not supported" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pendulum_swingup_saturates_with_the_right_sign_of_dHdu():
+    # the bundled swing-up (~30 s): |u| ≤ 4 is active on several arcs; no closed form, so
+    # the checks are Pontryagin's: the sign of ∂H/∂u on every bound arc, the residual
+    pb, r = _optimise("pendulum_swingup")
+    assert r["status"] == "converged", r["message"]
+    p = r["pontryagin"]
+    assert p["bound_points"] >= 48 and p["bound_right_sign"] == p["bound_points"]
+    assert max(abs(v) for v in r["residual"].values()) <= 1e-8
+    x = pb.params.vector
+    assert np.sum(x >= 4.0 - 1e-9) >= 3 and np.sum(x <= -4.0 + 1e-9) >= 3

@@ -380,8 +380,9 @@ class ControlProblem(Problem):
                        f"residual ≤ {con['tol']:g} and kkt ≤ {con['gtol']:g}")
         x = self.params.vector
         if status == "converged":
-            message = (f"converged: max |x_i(T) − target_i| = {log[-1]['residual']:.3g} ≤ "
-                       f"{con['tol']:g} and relative stationarity kkt = {log[-1]['kkt']:.3g} "
+            res = (f"max |x_i(T) − target_i| = {log[-1]['residual']:.3g} ≤ {con['tol']:g}"
+                   if nc else "no terminal constraints")
+            message = (f"converged: {res} and relative stationarity kkt = {log[-1]['kkt']:.3g} "
                        f"≤ {con['gtol']:g} (free knots' hat-weighted ∂merit/∂u) after {len(log)} update(s)")
         rep = self._report(x, status, message or status, used, log)
         if plots and out is not None and status != "interrupted":
