@@ -174,7 +174,7 @@ class ControlProblem(Problem):
     def _value_and_grad(self, x, method):
         sol = self._solve(x, gradient=method)
         g = sol.grad_params[0][self.tr.i_knots:]
-        self._last = (np.array(x, dtype=np.float64), float(sol.loss), g.copy())
+        self._last = (np.array(x, dtype=np.float64), float(sol.loss), g.copy(), self.split(sol)[0])
         return sol.loss, g
 
     def residual(self, x=None, sol=None):
@@ -192,31 +192,35 @@ class ControlProblem(Problem):
         """J = ∫ L dt + φ(x(T)) at ``x`` (without the constraint terms)."""
         return self.split(self._solve(self._as_x(x)))[0]
 
-    def kkt(self, x, g, f=None):
-        """Relative stationarity: the largest hat-weighted mean of ∂merit/∂u over free
-        knots, |g_k| / ∫φ_k dt (a knot on its lower bound with g > 0, or on its upper
-        bound with g < 0, counts as stationary), divided by S = max(|merit|, |J|) /
-        (T·U) with U = max(max|u_k|, 1% of the bound span (or of 1)) (the size of ∂H/∂u that a cost of that size implies; an absolute
-        tolerance would mean different things for different scenes). f: the merit at x
-        (computed when None)."""
+    def kkt(self, x, g, merit=None, J=None):
+        """Relative stationarity at knots ``x`` with merit gradient ``g``: the largest
+        hat-weighted mean of ∂merit/∂u over free knots, |g_k| / ∫φ_k dt (a knot on its
+        lower bound with g > 0, or on its upper bound with g < 0, counts as stationary),
+        divided by S = max(|merit|, |J|)/(T·U), U = max(max|u_k|, 1 % of the bound span,
+        or of 1 when unbounded): the size of ∂H/∂u that a cost of that size implies (an
+        absolute tolerance would mean different things in different scenes). merit, J:
+        their values at x (solved for when None)."""
         free = self.params.free
         lo, hi = self.params.lower, self.params.upper
         w = np.tile(self.tr.hat_weights(), self.sys.nu)
         proj = np.where((x <= lo) & (g > 0) | (x >= hi) & (g < 0), 0.0, g)
-        sol = self._solve(x)
-        J, _ = self.split(sol)
+        if merit is None or J is None:
+            sol = self._solve(x)
+            merit, J = float(sol.loss), self.split(sol)[0]
         T = self.tr.t1 - self.tr.t0
         scale = np.array([p.scale for p in self.params.items])
-        U = max(float(np.max(np.abs(x[free]), initial=0.0)), 0.01 * float(np.max(scale[free], initial=1.0)))
-        S = max(abs(float(sol.loss)), abs(J), 1e-300) / (T * U)
+        U = max(float(np.max(np.abs(x[free]), initial=0.0)),
+                0.01 * float(np.max(scale[free], initial=1.0)))
+        S = max(abs(merit), abs(J), 1e-300) / (T * U)
         return float(np.max(np.abs(proj[free] / w[free]), initial=0.0)) / S
 
     def converged(self, x, f):
-        """Inner stopping test of :func:`diffsim.optim.minimize`: kkt ≤ constraint.gtol."""
+        """Inner stopping test of :func:`diffsim.optim.minimize`: kkt ≤ constraint.gtol
+        (from the gradient just computed at x)."""
         last = getattr(self, "_last", None)
         if last is None or not np.array_equal(last[0], x):
             return False
-        return self.kkt(x, last[2], f) <= self.scene["constraint"]["gtol"]
+        return self.kkt(x, last[2], last[1], last[3]) <= self.scene["constraint"]["gtol"]
 
     def gradient_error(self, x, method):
         """Expected |g_method − exact gradient of the discretised merit| (None for the
@@ -243,10 +247,10 @@ class ControlProblem(Problem):
         trace = []
         sol = self._solve(x, gradient="adjoint", trace=trace)
         pm = self.tr.pontryagin(self._q(x), sol, trace)
-        J, al = self.split(sol)
+        J = self.split(sol)[0]
         g = sol.grad_params[0][self.tr.i_knots:]
         pm.update(cost=J, merit=float(sol.loss), residual=self.residual(sol=sol),
-                  gradient=g, kkt=self.kkt(x, g), checks=self._checks(x, pm),
+                  gradient=g, kkt=self.kkt(x, g, float(sol.loss), J), checks=self._checks(x, pm),
                   steps=sol.steps)
         ana = analytic(self)
         if ana is not None:
