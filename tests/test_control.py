@@ -237,9 +237,23 @@ def test_bad_scene_values_are_refused_naming_the_key(override, key, capsys):
     assert key in capsys.readouterr().err
 
 
-def test_resume_is_refused_clearly(tmp_path, capsys):
-    assert main(["optimize", "zermelo", "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
-    assert "--resume is not supported" in capsys.readouterr().err
+def test_resume_continues_the_augmented_lagrangian_loop(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["optimize", "zermelo", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "--resume needs" in capsys.readouterr().err
+    # a budget too small stops mid-way (exit 1); --resume goes on from the saved state
+    assert main(["optimize", "double_integrator", "--out", str(out), "--no-progress", "--no-plot",
+                 "--json", "--iterations", "25"]) == 1
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "max_iterations" and first["iterations"] == 25
+    state = json.loads((out / "control_state.json").read_text())
+    assert state["used"] <= 25 and (out / "checkpoint.json").exists()
+    code = main(["optimize", "double_integrator", "--out", str(out), "--no-progress", "--no-plot",
+                 "--json", "--resume"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0, r["message"]
+    assert r["iterations"] > 25 and r["updates"][0]["update"] <= len(first["updates"])
+    assert abs(r["analytic"]["cost_error"]) < 1e-6
 
 
 @pytest.mark.slow

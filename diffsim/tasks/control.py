@@ -317,23 +317,45 @@ class ControlProblem(Problem):
         report (see module doc). status "converged" only when, at the returned knots,
         max|c| ≤ constraint.tol and kkt ≤ constraint.gtol (checked there, not taken
         from the inner optimiser); "max_iterations" when the iteration budget or the
-        outer updates ran out first; "interrupted"/"diverged" from the inner run."""
+        outer updates ran out first; "stalled" when the residual fell by less than 10 %
+        over 3 updates (unreachable targets) or the inner optimiser made no progress;
+        "interrupted"/"diverged" from the inner run.
+
+        With ``out``: before each inner minimisation ``out/control_state.json`` records
+        the update number, ν, ρ, the start point and the evaluations so far, and the inner
+        run keeps ``out/checkpoint.json`` (:func:`diffsim.optim.minimize`). ``resume``
+        continues from them: the interrupted inner run resumes from its best point with
+        the recorded ν and ρ, and the evaluation count goes on."""
+        from .. import checkpoint as ckpt
         from ..optim import LBFGS, Adam, minimize
-        if resume:
-            raise DiffsimError("--resume is not supported for control scenes: the augmented-"
-                               "Lagrangian loop keeps multipliers outside the checkpoint; run "
-                               "`diffsim optimize` again without --resume")
+        from ..problem import checkpoint_path
         osec, con = self.scene["optimize"], self.scene["constraint"]
         method = method or self.default_method
         budget = iterations or osec["iterations"]
+        state_file = None if out is None else pathlib.Path(out) / "control_state.json"
+        inner_ck = checkpoint_path(out)
         self.reset_multipliers()
-        used, log, prev, prev_x = 0, [], math.inf, None
+        used, log, prev, prev_x, first = 0, [], math.inf, None, 0
+        resume_inner = False
+        if resume:
+            used, log, prev, first = self._load_state(state_file)
+            resume_inner = inner_ck is not None and inner_ck.exists()
         status, message = "max_iterations", ""
         nc = len(self.constrained)
-        for outer in range(con["outer"]):
+        for outer in range(first, con["outer"]):
+            if state_file is not None:
+                if not resume_inner and inner_ck.exists():
+                    inner_ck.unlink()        # the previous inner run's: not this update's
+                ckpt.write_json(state_file, {
+                    "version": 1, "problem": self.name, "names": self.params.names,
+                    "update": outer, "nu": self.nu, "rho": self.rho,
+                    "prev": prev if math.isfinite(prev) else None,
+                    "used": used, "log": log, "x": self.params.vector})
             opt = LBFGS() if osec["optimizer"] == "lbfgs" else Adam(lr=osec["lr"])
             r = minimize(self, opt, iterations=budget - used, method=method, progress=progress,
-                         desc=f"optimize {self.name} (update {outer + 1})")
+                         desc=f"optimize {self.name} (update {outer + 1})",
+                         checkpoint=inner_ck, resume=resume_inner)
+            resume_inner = False
             used += r.iterations
             x = r.x
             f, g = self.value_and_grad(x, method)
@@ -392,6 +414,35 @@ class ControlProblem(Problem):
         if plots and out is not None and status != "interrupted":
             rep["plots"] = [str(self.plot_solution(pathlib.Path(out), x))]
         return rep
+
+    def _load_state(self, path):
+        """Restore the outer loop from ``control_state.json`` (written by
+        :meth:`run_optimization`): sets ν, ρ and the start point; returns (evaluations
+        used, update log, previous residual, update number to continue with)."""
+        from .. import checkpoint as ckpt
+        if path is None or not path.exists():
+            raise DiffsimError(f"--resume needs {path or 'an --out folder'} from an earlier "
+                               "`diffsim optimize` of this scene with the same --out; run "
+                               "without --resume first")
+        st = ckpt.read_json(path, "control state")
+        nc, n = len(self.constrained), len(self.params)
+        try:
+            ok = (st["problem"] == self.name and st["names"] == self.params.names
+                  and len(st["nu"]) == nc and len(st["x"]) == n)
+            nu = np.array(st["nu"], dtype=np.float64)
+            x = np.array(st["x"], dtype=np.float64)
+            rho, used, first = float(st["rho"]), int(st["used"]), int(st["update"])
+            prev = math.inf if st["prev"] is None else float(st["prev"])
+            log = list(st["log"])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok or not (np.all(np.isfinite(nu)) and np.all(np.isfinite(x)) and rho > 0
+                          and used >= 0 and first >= 0):
+            raise DiffsimError(f"{path}: not a control state of scene '{self.name}' with "
+                               f"{n} knots and {nc} constraints; use a fresh --out")
+        self.nu, self.rho = nu, rho
+        self.set(np.clip(x, self.params.lower, self.params.upper))
+        return used, log, prev, first
 
     def _report(self, x, status, message, used, log):
         pm = self.solution(x)
