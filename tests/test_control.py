@@ -63,14 +63,14 @@ def test_bounded_double_integrator_saturates_with_the_right_sign_of_dHdu():
     # |u| ≤ 5 < 6D/T² (and > 4, below which bang-bang cannot cover D = 1 in T = 1): the
     # optimal control is the clipped linear law; on the bound arcs Pontryagin's minimum
     # principle needs ∂H/∂u ≤ 0 at the upper bound, ≥ 0 at the lower
-    pb, r = _optimise("double_integrator", {"control.lower": [-5.0], "control.upper": [5.0],
-                                            "control.knots": 21})
+    pb, r = _optimise("double_integrator", {"control.lower": [-5.0], "control.upper": [5.0]})
     assert r["status"] == "converged", r["message"]
     ustar, Jstar = _saturated_double_integrator(5.0)
     tr = r["trajectory"]
     # the corners of u* fall between knots: the spline's error is O(Δ) there, O(Δ²) in J
+    # (11 knots: measured 0.115 and 1.3e-4)
     assert np.max(np.abs(tr["u"][:, 0] - ustar(tr["t"]))) < 0.15
-    assert r["cost"] == pytest.approx(Jstar, rel=2e-3)
+    assert r["cost"] == pytest.approx(Jstar, rel=5e-4)
     p = r["pontryagin"]
     assert p["bound_points"] >= 10
     assert p["bound_right_sign"] == p["bound_points"]
@@ -161,8 +161,8 @@ def test_dHdu_integrates_to_the_gradient():
 
 def test_knot_sweep_runs_and_writes_its_plot(tmp_path):
     from diffsim.tasks.control import knot_sweep
-    rows = knot_sweep("double_integrator", knots=(11, 21), out=tmp_path)
-    assert [r["knots"] for r in rows] == [11, 21]
+    rows = knot_sweep("double_integrator", knots=(2, 11), out=tmp_path)
+    assert [r["knots"] for r in rows] == [2, 11]
     assert all(r["status"] == "converged" for r in rows)
     # u* is linear: a spline on any N ≥ 2 knots contains it
     assert all(r["max_control_error"] < 1e-4 * 6 for r in rows)
