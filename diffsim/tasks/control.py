@@ -409,7 +409,8 @@ class ControlProblem(Problem):
             res = (f"max |x_i(T) − target_i| = {log[-1]['residual']:.3g} ≤ {con['tol']:g}"
                    if nc else "no terminal constraints")
             message = (f"converged: {res} and relative stationarity kkt = {log[-1]['kkt']:.3g} "
-                       f"≤ {con['gtol']:g} (free knots' hat-weighted ∂merit/∂u) after {len(log)} update(s)")
+                       f"≤ {con['gtol']:g} (free knots' hat-weighted ∂merit/∂u) after "
+                       f"{len(log)} update(s)")
         rep = self._report(x, status, message or status, used, log)
         if plots and out is not None and status != "interrupted":
             rep["plots"] = [str(self.plot_solution(pathlib.Path(out), x))]
@@ -575,7 +576,8 @@ class ControlProblem(Problem):
         axs[4].set_xlabel("t")
         span = float(np.max(pm["H"]) - np.min(pm["H"]))
         mid = float(np.mean(pm["H"]))
-        axs[4].set_ylim(mid - max(span, 1e-3 * max(abs(mid), 1e-12)), mid + max(span, 1e-3 * max(abs(mid), 1e-12)))
+        half = max(span, 1e-3 * max(abs(mid), 1e-12))   # a constant H is drawn flat, not as noise
+        axs[4].set_ylim(mid - half, mid + half)
         res = ", ".join(f"{self.sys.state_names[i]}(T)−target {v:.1e}"
                         for i, v in zip(self.constrained, pm["residual"]))
         axs[0].set_title(f"{self.name}: J = {pm['cost']:.6g}" + (f"; {res}" if res else ""), fontsize=9)
