@@ -25,6 +25,7 @@ KINDS = {
     "cannon": "diffsim.tasks.cannon",
     "ode": "diffsim.tasks.ode",
     "mass_spring": "diffsim.tasks.mass_spring",
+    "control": "diffsim.tasks.control",
 }
 
 #: the bundled scenes ship inside the package (the repository's top-level ``scenes`` is a
