@@ -38,7 +38,7 @@ import math
 import warnings
 
 import numpy as np
-import taichi as ti
+from ..backend import ti
 
 from ..errors import DiffsimError
 from .gradients import jacobians
