@@ -68,6 +68,17 @@ MIN_STEPS_PER_ARC = 16
 SERIAL_MAX_BATCH = 64
 
 
+def tangent_mode(field):
+    """Context in which every Taichi kernel launched runs in forward (tangent) mode,
+    propagating the ``.dual`` of fields made with ``needs_dual=True`` from the duals
+    the caller seeded beforehand. ``field``: any 0-D dual field (ti.ad.FwdMode wants
+    a loss and a parameter; it zeroes this one's dual on entry and exit). FwdMode's own
+    seeding handles only 1-D parameters (taichi-notes 22), so callers seed with
+    ``x.dual.from_numpy`` before entering (a copy inside the context would itself run
+    in forward mode)."""
+    return ti.ad.FwdMode(loss=field, param=field, seed=[0.0], clear_gradients=False)
+
+
 class Projectile(runtime.RuntimeBound):
     """B projectiles integrated together; gradients of a scalar objective by reverse AD.
 
@@ -118,13 +129,17 @@ class Projectile(runtime.RuntimeBound):
         B, K = self.B, len(self.segs)
         # Inputs and outputs are packed in one 2-D field each, so moving them between
         # numpy and Taichi costs one copy (a kernel launch) instead of one per name.
-        self.inp = ti.field(real, (len(INPUTS), B), needs_grad=True)
-        self.out = ti.field(real, (len(OUTPUTS), B), needs_grad=True)
-        self.state = [ti.field(real, (K + 1, B), needs_grad=True) for _ in range(6)]
+        # needs_dual: forward-mode (tangent) sweeps, see forward_tangent()
+        self.inp = ti.field(real, (len(INPUTS), B), needs_grad=True, needs_dual=True)
+        self.out = ti.field(real, (len(OUTPUTS), B), needs_grad=True, needs_dual=True)
+        self.state = [ti.field(real, (K + 1, B), needs_grad=True, needs_dual=True) for _ in range(6)]
         self.alive = ti.field(ti.i32, (K + 1, B))
         self.nbounce = ti.field(ti.i32, (K + 1, B))
         self.weight = ti.field(real, B)
-        self.loss = ti.field(real, (), needs_grad=True)
+        self.loss = ti.field(real, (), needs_grad=True, needs_dual=True)
+        # each cannon's term of the loss, written by the forward-only end_fwd: its dual is
+        # d term_b / d seed, per cannon, in a forward-mode sweep
+        self.loss_b = ti.field(real, B, needs_dual=True)
         self._traj = None
         self._dummy = ti.Vector.field(3, real, (1, 1))
         # Host copies: the inputs as last set (set_inputs is the only writer of inp), and
@@ -157,6 +172,7 @@ class Projectile(runtime.RuntimeBound):
         integ = self.integrator
         inp, out_f, S = self.inp, self.out, self.state
         alive, nb, loss, weight = self.alive, self.nbounce, self.loss, self.weight
+        loss_b = self.loss_b
         max_bounce = self.bounces
         B = self.B
         serial = self.serial
@@ -362,7 +378,9 @@ class Projectile(runtime.RuntimeBound):
                     val = dx
             else:
                 val = out_f[O_LAND_T, b]
-            loss[None] += sign * weight[b] * val
+            term = sign * weight[b] * val
+            loss[None] += term
+            return term
 
         @ti.kernel
         def end(kind: ti.i32, sign: ti.template()):
@@ -378,18 +396,58 @@ class Projectile(runtime.RuntimeBound):
         @ti.kernel
         def end_fwd(kind: ti.i32, sign: ti.template(), res: ti.types.ndarray(dtype=ti.f64, ndim=2)):
             """Forward only: what ``end`` computes, and in the same launch a host copy
-            into ``res``: rows land_x, land_z, land_t, alive, bounces, then res[5, 0] =
-            loss (one launch instead of a to_numpy and a field read each)."""
+            into ``res`` (copy_one; one launch instead of a to_numpy and a field read
+            each)."""
             ti.loop_config(serialize=serial)
             for b in range(B):
                 finish_one(b)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 objective_one(b, kind, sign)
+                copy_one(b, res)
+            res[R_LOSS, 0] = loss[None]
+
+        @ti.func
+        def copy_one(b, res: ti.template()):
+            # rows land_x, land_z, land_t, alive, bounces; res[R_LOSS, 0] = loss
+            for j in ti.static(range(len(OUTPUTS))):
+                res[j, b] = out_f[j, b]
+            res[R_ALIVE, b] = ti.cast(alive[K, b], ti.f64)
+            res[R_BOUNCES, b] = ti.cast(nb[K, b], ti.f64)
+
+        @ti.kernel
+        def end_tangent(kind: ti.i32, sign: ti.template()):
+            """What ``end`` computes, and each cannon's term of the loss into loss_b: run in
+            forward (tangent) mode by forward_tangent (an ndarray argument, as end_fwd's,
+            does not compile in forward mode)."""
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                finish_one(b)
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                loss_b[b] = objective_one(b, kind, sign)
+
+        @ti.kernel
+        def clear_duals():
+            """Zero the duals a tangent sweep accumulates into (outputs, loss, states): in
+            forward mode, start()'s `out = 0` zeroes the value but not its dual (measured:
+            without this, each sweep's tangent added to the last's)."""
+            loss.dual[None] = 0.0
+            ti.loop_config(serialize=serial)
+            for b in range(B):
                 for j in ti.static(range(len(OUTPUTS))):
-                    res[j, b] = out_f[j, b]
-                res[R_ALIVE, b] = ti.cast(alive[K, b], ti.f64)
-                res[R_BOUNCES, b] = ti.cast(nb[K, b], ti.f64)
+                    out_f.dual[j, b] = 0.0
+                loss_b.dual[b] = 0.0
+                for kk in range(K + 1):
+                    for f in ti.static(S):
+                        f.dual[kk, b] = 0.0
+
+        @ti.kernel
+        def copy_out(res: ti.types.ndarray(dtype=ti.f64, ndim=2)):
+            """Forward only: end_fwd's host copy, after a tangent sweep."""
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                copy_one(b, res)
             res[R_LOSS, 0] = loss[None]
 
         @ti.func
@@ -422,7 +480,8 @@ class Projectile(runtime.RuntimeBound):
                 clear_grads(b)
 
         self._k = dict(launch=launch, start=start, segment=segment, end=end, end_fwd=end_fwd,
-                       clear=clear, take_grad=take_grad)
+                       end_tangent=end_tangent, copy_out=copy_out,
+                       clear_duals=clear_duals, clear=clear, take_grad=take_grad)
 
 
     # -- inputs / outputs ------------------------------------------------------------
@@ -478,13 +537,23 @@ class Projectile(runtime.RuntimeBound):
         self._forward_version = self._version
         return val
 
-    def _sweep(self, factor, objective_args):
+    def _sweep(self, factor, objective_args, tangent=False):
         """One forward pass with steps of dt/factor over the horizon; results in self._res.
-        Invalidates the last forward pass's tape (a new one is being written)."""
+        Invalidates the last forward pass's tape (a new one is being written). tangent:
+        run it in forward-mode AD from the seeded duals (forward_tangent)."""
         self._check_stability()
         k = self._k
         self._forward_version = None
         self._summary = None
+        if tangent:
+            k["clear_duals"]()
+            with tangent_mode(self.loss):
+                k["start"]()
+                for i, (t0, n) in enumerate(self.segs):
+                    k["segment"](i, t0, n, self.dt, self._dummy, False)
+                k["end_tangent"](*objective_args)
+            k["copy_out"](self._res)
+            return
         k["start"]()
         for i, (t0, n) in enumerate(self.segs):
             k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
@@ -588,6 +657,45 @@ class Projectile(runtime.RuntimeBound):
         self._grads_dirty = False
         g = self._grad.copy()
         return {n: g[j] for j, n in enumerate(INPUTS)}
+
+    def forward_tangent(self, inputs, objective="miss", maximize=False):
+        """Forward-mode derivatives (the ``Forward`` gradient method): one tangent sweep per
+        name in ``inputs`` through the same kernels as :meth:`forward`, compiled by Taichi's
+        forward-mode AD (dual fields), so impacts, bounces and landings are differentiated
+        exactly as :meth:`backward` does; the results equal backward()'s to round-off.
+
+        Each sweep seeds input row ``name`` of every cannon at once: cannons are
+        independent, so each cannon's own loss term gives its derivative. Returns (batch
+        objective, {name: d objective / d input[name, b], shape (B,)}); the forward pass's
+        outputs are left as :meth:`forward` leaves them (not strict: check
+        horizon_problem/resolution_problem). Cost: len(inputs) forward sweeps of about
+        2× a forward pass each; no tape, so backward() after it refuses."""
+        self._check_runtime()
+        if objective not in OBJECTIVES:
+            raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
+        bad = [n for n in inputs if n not in INPUTS]
+        if bad:
+            raise DiffsimError(f"unknown projectile input(s) {bad}; known: {', '.join(INPUTS)}")
+        args = (OBJECTIVES.index(objective), -1.0 if maximize else 1.0)
+        seed = np.zeros((len(INPUTS), self.B), dtype=self.np_real)
+        out, val = {}, math.nan
+        try:
+            for name in inputs:
+                j = INPUTS.index(name)
+                seed[j] = 1.0
+                self.inp.dual.from_numpy(seed)   # outside FwdMode: a plain copy
+                seed[j] = 0.0
+                self._sweep(1, args, tangent=True)
+                out[name] = self.loss_b.dual.to_numpy().astype(np.float64)
+                val = float(self._res[R_LOSS, 0])
+        finally:
+            self.inp.dual.fill(0.0)
+            self._forward_version = None  # no reverse tape: backward() needs forward()
+        if not inputs:
+            self._sweep(1, args)
+            val = float(self._res[R_LOSS, 0])
+        self._summary = self._res.copy()
+        return val, out
 
     def outputs(self):
         """Landing x, z [m], time [s] per cannon, ``landed`` (False: still flying at the

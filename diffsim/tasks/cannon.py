@@ -44,6 +44,8 @@ DEFAULT_BOUNDS = {"angle": (0.0, math.pi / 2), "speed": (1.0, 100.0),
                   "gravity": (0.0, 1e3), "drag": (0.0, 10.0), "wind_x": (-100.0, 100.0),
                   "wind_z": (-100.0, 100.0), "restitution": (0.0, 1.0)}
 ALL_PARAMS = LAUNCH_PARAMS + PHYSICS_PARAMS
+#: gradient methods offered (diffsim.gradients), the first the default
+METHODS = ("discrete", "forward", "fd")
 
 
 def _bounds_check(v):
@@ -102,7 +104,7 @@ SCHEMA = {
             "expected a list of parameter names" if not (isinstance(v, list) and all(isinstance(x, str) for x in v))
             else _params_check(v))),
         ("adam", "lbfgs"), optimizer="adam", iterations=300, lr=0.02, decay=0.98, beta2=0.9,
-        methods=("discrete", "fd"), seed=0, bounds=_bounds_check),
+        methods=METHODS, seed=0, bounds=_bounds_check),
 }
 
 
@@ -130,7 +132,7 @@ class CannonProblem(Problem):
     """
 
     name = "cannon"
-    methods = ("discrete", "fd")
+    methods = METHODS
 
     def __init__(self, scene):
         self.scene = scene
@@ -217,6 +219,10 @@ class CannonProblem(Problem):
             idx += 1
         self.sim.set_inputs(**vals)
 
+    def _input_names(self):
+        """The projectile inputs this problem's parameters map to (launch, then physics)."""
+        return list(self._launch_names) + [n for n in PHYSICS_PARAMS if self.dims == 3 or n != "wind_z"]
+
     def _grad_vector(self, gin):
         out = []
         for n in self._launch_names:
@@ -232,8 +238,16 @@ class CannonProblem(Problem):
         return self.sim.forward(self.objective_type, self.maximize, strict=False)
 
     def _value_and_grad(self, x, method):
-        f = self._objective(x)
-        g = self._grad_vector(self.sim.backward())
+        if method == "forward":
+            # one tangent sweep per input row (cannons are independent: each sweep gives
+            # every cannon's derivative), events differentiated as backward() does
+            self._load(x)
+            f, gin = self.sim.forward_tangent(self._input_names(), self.objective_type,
+                                              self.maximize)
+            g = self._grad_vector(gin)
+        else:
+            f = self._objective(x)
+            g = self._grad_vector(self.sim.backward())
         o = self.sim.outputs()
         # per-cannon ½·miss² of this evaluation, read once for converged/progress_info
         self._last_miss2 = 0.5 * ((o["land_x"] - self.targets_x) ** 2
