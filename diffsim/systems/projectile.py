@@ -429,9 +429,10 @@ class Projectile(runtime.RuntimeBound):
 
         @ti.kernel
         def clear_duals():
-            """Zero the duals a tangent sweep accumulates into (outputs, loss, states): in
-            forward mode, start()'s `out = 0` zeroes the value but not its dual (measured:
-            without this, each sweep's tangent added to the last's)."""
+            """Zero every dual a tangent sweep writes (outputs, loss, states): Taichi's
+            forward mode turns each store into a field into an *addition* to its dual
+            (ti.ad.FwdMode clears all duals on entry for that reason; measured: without
+            this, each sweep's tangent added to the last's)."""
             loss.dual[None] = 0.0
             ti.loop_config(serialize=serial)
             for b in range(B):
