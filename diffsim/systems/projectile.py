@@ -283,7 +283,10 @@ class Projectile(runtime.RuntimeBound):
 
         @ti.kernel
         def segment(k: ti.i32, t0: ti.i32, n: ti.i32, dt: ti.template(),
-                    traj: ti.template(), record: ti.template()):
+                    traj: ti.template(), record: ti.template(), events: ti.template()):
+            # record (forward only, trace/record_states): traj[t, b] = the 6 state
+            # components at every step, events[j, b] = (global step index, fraction s,
+            # state just before impact j (6), just after it (6); after a landing: at rest)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 px, py, pz = S[0][k, b], S[1][k, b], S[2][k, b]
@@ -334,15 +337,26 @@ class Projectile(runtime.RuntimeBound):
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
                                 nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
                                 nvx, nvy, nvz = q2[3], q2[4], q2[5]
+                                if ti.static(record):
+                                    events[bounced, b] = ti.Vector([
+                                        t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
+                                        ix, 0.0, iz, ivx, -e * ivy, ivz])
                                 bounced += 1
                             else:
+                                if ti.static(record):
+                                    jvy = vy + s * (nvy - vy)
+                                    if ti.static(integ == "rk4"):
+                                        jvy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                                    events[bounced, b] = ti.Vector([
+                                        t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
+                                        ix, 0.0, iz, 0.0, 0.0, 0.0])
                                 lx, lz, lt = ix, iz, (t0 + i + s) * dt
                                 nx, ny, nz = ix, 0.0, iz
                                 nvx, nvy, nvz = 0.0, 0.0, 0.0
                                 live = 0
                         px, py, pz, vx, vy, vz = nx, ny, nz, nvx, nvy, nvz
                     if ti.static(record):
-                        traj[t0 + i + 1, b] = ti.Vector([px, py, pz])
+                        traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
                 S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
                 S[3][k + 1, b], S[4][k + 1, b], S[5][k + 1, b] = vx, vy, vz
                 alive[k + 1, b], nb[k + 1, b] = live, bounced
@@ -551,13 +565,14 @@ class Projectile(runtime.RuntimeBound):
             with tangent_mode(self.loss):
                 k["start"]()
                 for i, (t0, n) in enumerate(self.segs):
-                    k["segment"](i, t0, n, self.dt, self._dummy, False)
+                    k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False,
+                                 self._dummy)
                 k["end_tangent"](*objective_args)
             k["copy_out"](self._res)
             return
         k["start"]()
         for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False, self._dummy)
         k["end_fwd"](*objective_args, self._res)
 
     def refined_outputs(self, factor=2):
@@ -652,7 +667,7 @@ class Projectile(runtime.RuntimeBound):
         k["end"].grad(*self._objective_args)
         for i in reversed(range(len(self.segs))):
             t0, n = self.segs[i]
-            k["segment"].grad(i, t0, n, self.dt, self._dummy, False)
+            k["segment"].grad(i, t0, n, self.dt, self._dummy, False, self._dummy)
         k["launch"].grad()
         k["take_grad"](self._grad)
         self._grads_dirty = False
@@ -721,29 +736,48 @@ class Projectile(runtime.RuntimeBound):
     def trace(self) -> np.ndarray:
         """Positions of every cannon at every step: shape (steps + 1, B, 3), metres
         (x, y up, z). Forward only; after landing a cannon stays at its landing point."""
+        return self.record_states()[0][..., :3]
+
+    def record_states(self, factor=1):
+        """Forward only, with steps of dt/factor: (states (steps·factor + 1, B, 6): x, y, z,
+        vx, vy, vz at every step [m, m/s]; events (bounces + 1, B, 14): per impact j the
+        global step index it happened in (-1: none), its fraction s of that step, the state
+        just before and just after it (after a landing: at rest on the ground)). The
+        continuous adjoint (diffsim.systems.projectile_adjoint) integrates along these.
+        Invalidates the last forward pass's tape."""
         self._check_runtime()
+        if not (isinstance(factor, int) and factor >= 1):
+            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
         if self._traj is None:
-            runtime.check_memory((self.steps + 1) * self.B * 3 * np.dtype(self.np_real).itemsize,
-                                 what=f"the trajectory of {self.B} cannons × {self.steps} steps",
-                                 key="batch × steps", value=(self.B, self.steps))
-            self._traj = ti.Vector.field(3, self.real, (self.steps + 1, self.B))
-        self._forward_version = None  # trace() overwrites the forward pass's tape
+            self._traj = {}
+        if factor not in self._traj:
+            n = self.steps * factor + 1
+            runtime.check_memory(n * self.B * 6 * np.dtype(self.np_real).itemsize,
+                                 what=f"the trajectory of {self.B} cannons × {n - 1} steps",
+                                 key="batch × steps", value=(self.B, n - 1))
+            self._traj[factor] = (ti.Vector.field(6, self.real, (n, self.B)),
+                                  ti.Vector.field(14, self.real, (self.bounces + 1, self.B)))
+        traj, events = self._traj[factor]
+        self._check_stability()
+        self._forward_version = None  # this overwrites the forward pass's tape
         self._summary = None
         k = self._k
+        events.fill(-1.0)
         k["start"]()
-        self._k_first_row()
+        self._k_first_row(traj)
         for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, t0, n, self.dt, self._traj, True)
-        return self._traj.to_numpy().astype(np.float64)
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, traj, True, events)
+        return traj.to_numpy().astype(np.float64), events.to_numpy().astype(np.float64)
 
-    def _k_first_row(self):
-        S, traj = self.state, self._traj
+    def _k_first_row(self, traj):
+        S = self.state
         if not hasattr(self, "_first_row"):
             B = self.B
 
             @ti.kernel
-            def first_row():
+            def first_row(traj: ti.template()):
                 for b in range(B):
-                    traj[0, b] = ti.Vector([S[0][0, b], S[1][0, b], S[2][0, b]])
+                    traj[0, b] = ti.Vector([S[0][0, b], S[1][0, b], S[2][0, b],
+                                          S[3][0, b], S[4][0, b], S[5][0, b]])
             self._first_row = first_row
-        self._first_row()
+        self._first_row(traj)
