@@ -76,7 +76,19 @@ def tangent_mode(field):
     seeding handles only 1-D parameters (taichi-notes 22), so callers seed with
     ``x.dual.from_numpy`` before entering (a copy inside the context would itself run
     in forward mode)."""
-    return ti.ad.FwdMode(loss=field, param=field, seed=[0.0], clear_gradients=False)
+    return _TangentMode(loss=field, param=field, seed=[0.0], clear_gradients=False)
+
+
+class _TangentMode(ti.ad.FwdMode):
+    """ti.ad.FwdMode that restores every kernel's mode on exit. Taichi 1.7.4's restores
+    modes in call order, so a kernel launched twice inside the context got its second
+    recorded mode (FORWARD) back and ran in forward mode ever after (measured: a later
+    trace kernel then failed to compile)."""
+
+    def recover_kernels(self):
+        for call, mode in reversed(list(zip(self.calls, self.modes))):
+            call.autodiff_mode = mode
+        self.kernels_recovered = True
 
 
 class Projectile(runtime.RuntimeBound):
@@ -674,7 +686,7 @@ class Projectile(runtime.RuntimeBound):
         g = self._grad.copy()
         return {n: g[j] for j, n in enumerate(INPUTS)}
 
-    def forward_tangent(self, inputs, objective="miss", maximize=False):
+    def forward_tangent(self, inputs, objective="miss", maximize=False, factor=1):
         """Forward-mode derivatives (the ``Forward`` gradient method): one tangent sweep per
         name in ``inputs`` through the same kernels as :meth:`forward`, compiled by Taichi's
         forward-mode AD (dual fields), so impacts, bounces and landings are differentiated
@@ -685,7 +697,9 @@ class Projectile(runtime.RuntimeBound):
         objective, {name: d objective / d input[name, b], shape (B,)}); the forward pass's
         outputs are left as :meth:`forward` leaves them (not strict: check
         horizon_problem/resolution_problem). Cost: len(inputs) forward sweeps of about
-        2× a forward pass each; no tape, so backward() after it refuses."""
+        2× a forward pass each; no tape, so backward() after it refuses. factor: steps of
+        dt/factor (no autodiff stack in forward mode, so finer steps need no new segments;
+        step-doubling error estimates use factor=2)."""
         self._check_runtime()
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
@@ -701,14 +715,14 @@ class Projectile(runtime.RuntimeBound):
                 seed[j] = 1.0
                 self.inp.dual.from_numpy(seed)   # outside FwdMode: a plain copy
                 seed[j] = 0.0
-                self._sweep(1, args, tangent=True)
+                self._sweep(factor, args, tangent=True)
                 out[name] = self.loss_b.dual.to_numpy().astype(np.float64)
                 val = float(self._res[R_LOSS, 0])
         finally:
             self.inp.dual.fill(0.0)
             self._forward_version = None  # no reverse tape: backward() needs forward()
         if not inputs:
-            self._sweep(1, args)
+            self._sweep(factor, args)
             val = float(self._res[R_LOSS, 0])
         self._summary = self._res.copy()
         return val, out
