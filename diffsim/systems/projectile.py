@@ -172,11 +172,12 @@ class Projectile(runtime.RuntimeBound):
 
     @staticmethod
     def nbytes(batch, steps, real_bytes=8):
-        """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values and
-        gradients; the trajectory of :meth:`trace` is extra: (steps+1)·batch·3 reals)."""
+        """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values,
+        gradients and forward-mode duals; the trajectory of :meth:`trace` /
+        :meth:`record_states` is extra: (steps+1)·batch·6 reals)."""
         k = -(-int(steps) // runtime.MAX_FUSED_STEPS)
-        per_cannon = 2 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
-        return float(batch) * (per_cannon + real_bytes)
+        per_cannon = 3 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
+        return float(batch) * (per_cannon + 3 * real_bytes)   # + weight, loss_b and its dual
 
     # -- kernels ---------------------------------------------------------------------
     def _compile(self):
