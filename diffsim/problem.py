@@ -2,8 +2,8 @@
 
 Every scene builds a :class:`Problem`; every verb (grad, check, optimize, fit,
 sensitivity) works on one. Subclasses implement ``_objective(x)`` and
-``_gradient(x, method)`` for the methods they support; ``fd`` (central finite
-differences) is provided here for all.
+``_value_and_grad(x, method)`` for the methods they support (``method``: an object of
+:mod:`diffsim.gradients`); ``fd`` (central finite differences) is provided here for all.
 """
 from __future__ import annotations
 
