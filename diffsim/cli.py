@@ -178,6 +178,22 @@ def cmd_sensitivity(args):
     return 0
 
 
+def cmd_hessian(args):
+    from .hessian import MAX_DENSE, hessian
+    sc, pb = _problem(args)
+    names = pb.params.names if args.all else None
+    res = hessian(pb, method=args.method, names=names, step=args.step,
+                  max_params=MAX_DENSE if args.max_params is None else args.max_params)
+    out = {"scene": sc.name, **res.as_dict()}
+    text = res.text()
+    if not args.no_plot:
+        out["plots"] = [str(res.plot(_out_dir(args, sc.name)))]
+        text += "\nplots: " + ", ".join(out["plots"])
+    _warn(pb, out)
+    _emit(args, out, text)
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive(text):
     try:
@@ -263,10 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp); method(sp); outputs(sp)
     sp.add_argument("--data", required=True, metavar="FILE.csv", help="CSV: time column then state columns")
     sp.add_argument("--iterations", type=int, default=None)
-    sp.add_argument("--optimizer", default=None, choices=["lbfgs", "adam", "lm"],
+    sp.add_argument("--optimizer", default=None, choices=["lbfgs", "adam", "lm", "gauss-newton", "newton", "newton-cg"],
                     help="optimiser (default: the scene's)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_fit)
+
+    sp = sub.add_parser("hessian", help="the objective's Hessian, its eigenvalues and a plot "
+                        "(small problems)")
+    common(sp); method(sp); outputs(sp)
+    sp.add_argument("--all", action="store_true",
+                    help="every parameter, not only optimisable ones")
+    sp.add_argument("--max-params", type=int, default=None,
+                    help="refuse more parameters than this (default 50; beyond, use "
+                         "Hessian-vector products: diffsim.hessian.hvp, optimizer newton-cg)")
+    sp.add_argument("--step", type=_positive, default=None,
+                    help="relative step of the gradient differences (default 1e-5)")
+    sp.set_defaults(func=cmd_hessian)
 
     sp = sub.add_parser("sensitivity", help="sensitivities of the objective and trajectory")
     common(sp); method(sp); outputs(sp)

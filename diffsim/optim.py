@@ -122,7 +122,88 @@ class LBFGS:
         self.memory, self.gtol, self.ftol = memory, gtol, ftol
 
 
-OPTIMIZERS = {"adam": Adam, "gd": GradientDescent, "lbfgs": LBFGS}
+class Newton:
+    """Newton's method with a trust region, on the optimisable parameters.
+
+    Each iteration builds the Hessian (``hessian="dense"``: k×k by central differences
+    of exact gradients, 2k gradient evaluations, or exact where the problem has
+    ``exact_hvp``; see :mod:`diffsim.hessian`) and takes the step that minimises the
+    quadratic model g·p + ½pᵀHp within the trust radius (solved exactly through H's
+    eigen-decomposition, so negative curvature is followed, not refused). With
+    ``hessian="cg"`` (:class:`NewtonCG`) the model step comes from Steihaug's truncated
+    conjugate gradients using Hessian-vector products only (2 gradients each): for many
+    parameters. A step is accepted when the objective falls; the radius grows after good
+    model agreement (ratio > 0.75) and shrinks after bad (< 0.25). Where the change of the
+    objective is within its round-off (100ε·|f|) the step is accepted when it lowers the
+    projected gradient.
+
+    Coordinates: those of :func:`minimize` (each parameter divided by its bound range, or
+    by max(|x0|, 1)); radius and max_radius are in them. Bounds: parameters at a bound
+    with the gradient pointing out are held there; steps are clipped to the box.
+
+    Convergence (status "converged"): the problem's own criterion
+    (``problem.converged``), or the projected gradient's largest entry in these
+    coordinates ≤ ``gtol``. "stalled": the trust radius fell below ``min_radius`` (no
+    step lowers the objective any more: round-off). ``iterations`` counts objective +
+    gradient evaluations at trial points; the gradients spent on Hessians are counted
+    separately (``hessian_gradients``, also in the result's message).
+    """
+
+    name = "newton"
+    hessian = "dense"
+
+    def __init__(self, radius=0.1, max_radius=10.0, gtol=1e-10, min_radius=1e-13,
+                 step=None, max_cg=None):
+        if not (radius > 0 and max_radius >= radius and gtol >= 0 and min_radius > 0):
+            raise DiffsimError(f"{self.name}: need radius > 0, max_radius >= radius, gtol >= 0 "
+                               f"and min_radius > 0; got {radius}, {max_radius}, {gtol}, {min_radius}")
+        self.radius, self.max_radius, self.gtol, self.min_radius = radius, max_radius, gtol, min_radius
+        self.step, self.max_cg = step, max_cg
+        self.t = 0                     # accepted steps
+        self.hessian_gradients = 0     # gradient evaluations spent on second derivatives
+        self.hessian_method = None     # "fd-of-gradient" or "exact"
+
+    def state_dict(self):
+        return {"t": self.t, "radius": self.radius}
+
+    def load_state_dict(self, s, n=None):
+        self.t = _count(s["t"])
+        r = s["radius"]
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"a trust radius must be a finite number > 0, got {r!r}")
+        self.radius = float(r)
+
+
+class NewtonCG(Newton):
+    """Hessian-free Newton: :class:`Newton` with the trust-region step from Steihaug's
+    truncated conjugate gradients on Hessian-vector products (never a k×k matrix).
+    CG stops at the radius, at negative curvature, after ``max_cg`` products (default
+    min(k, 100)), or when the model residual is ≤ min(0.5, ‖g‖)·‖g‖ (the forcing term
+    that keeps Newton's quadratic convergence)."""
+
+    name = "newton-cg"
+    hessian = "cg"
+
+
+class GaussNewton(Newton):
+    """Gauss–Newton with a trust region, i.e. Levenberg–Marquardt (the trust-region
+    multiplier is LM's damping), for least-squares objectives: :class:`Newton`'s loop
+    with the model Hessian from the problem's residual Jacobian instead of second
+    derivatives. Needs ``problem.gauss_newton_hessian(x)``: the Gauss–Newton
+    approximation (k, k) over the optimisable parameters (for L = Σr², 2JᵀJ; ODE scenes
+    give it from forward sensitivities). Converges quadratically on zero-residual fits,
+    linearly (rate ∝ residual size) otherwise; same statuses, checkpoints and Ctrl-C as
+    every optimiser here."""
+
+    name = "gauss-newton"
+    hessian = "gauss-newton"
+
+
+#: second-order optimisers that work on any Problem (second derivatives from gradients)
+SECOND_ORDER = ("newton", "newton-cg")
+
+OPTIMIZERS = {"adam": Adam, "gd": GradientDescent, "lbfgs": LBFGS, "newton": Newton,
+              "newton-cg": NewtonCG, "gauss-newton": GaussNewton}
 
 
 def make_optimizer(name: str, **kw):
@@ -138,7 +219,10 @@ def optimize_schema(params, optimizers, *, optimizer, iterations, lr, decay=None
     params: the kind's :class:`~diffsim.scene.Key` for ``optimize.params`` (what to
     optimise; each kind checks its own names). optimizers: the names this kind accepts for
     ``optimize.optimizer``, from :data:`OPTIMIZERS` plus "lm" (SciPy's
-    Levenberg–Marquardt, least-squares kinds only). optimizer, iterations, lr: the kind's
+    Levenberg–Marquardt, least-squares kinds only); the second-order optimisers
+    (:data:`SECOND_ORDER`: newton, newton-cg) are added for every kind, since they need
+    nothing but gradients (the kind's optimiser factory builds them with
+    :func:`make_optimizer`). optimizer, iterations, lr: the kind's
     defaults. Keys a kind does not use are left out (argument None); otherwise the argument
     is the default: decay (lr multiplier per iteration), beta2 (Adam), clip (gradient
     2-norm clip, 0 = none), max_grad_norm (a larger norm stops the run as diverged), seed;
@@ -155,7 +239,8 @@ def optimize_schema(params, optimizers, *, optimizer, iterations, lr, decay=None
     sec = {"params": params}
     if bounds is not None:
         sec["bounds"] = Key("table", {}, "name = [low, high]", check=bounds)
-    sec["optimizer"] = Key("str", optimizer, "optimiser", choices=tuple(optimizers))
+    choices = tuple(optimizers) + tuple(o for o in SECOND_ORDER if o not in optimizers)
+    sec["optimizer"] = Key("str", optimizer, "optimiser", choices=choices)
     sec["iterations"] = Key("int", iterations, "most iterations", lo=1, hi=1_000_000)
     sec["lr"] = Key("float", lr, "adam/gd step size (a fraction of each parameter's scale, "
                     "see diffsim.optim.Adam)", lo=0.0, lo_open=True)
@@ -261,7 +346,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
              max_grad_norm=None) -> OptimizeResult:
     """Lower ``problem``'s objective over its optimisable parameters.
 
-    optimizer: an Adam/GradientDescent/LBFGS object (default Adam(lr=0.01)).
+    optimizer: an Adam/GradientDescent/LBFGS/Newton/NewtonCG object (default Adam(lr=0.01)).
     iterations: most gradient evaluations in total (a resumed run counts earlier ones).
     method: gradient method (problem default). progress: a progress bar with the loss on
     stderr (default: when stderr is a terminal). callback(it, x, f, g): called after each
@@ -308,7 +393,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
             except (KeyError, TypeError, ValueError):
                 raise DiffsimError(f"{checkpoint}: the optimiser state is malformed; use a "
                                    "fresh --out") from None
-        if isinstance(optimizer, LBFGS):
+        if isinstance(optimizer, (LBFGS, Newton)):    # no memory to continue: restart at the best
             x = best["x"].copy()
     lo, hi = problem.params.lower[free], problem.params.upper[free]
     x[free] = np.clip(x[free], lo, hi)
@@ -379,6 +464,9 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         elif isinstance(optimizer, LBFGS):
             status = _run_lbfgs(optimizer, evaluate, x[free] / scale, ulo, uhi, remaining, save,
                                 state, free, scale, x)
+        elif isinstance(optimizer, Newton):
+            status, message = _run_newton(optimizer, evaluate, problem, method, x, free, scale,
+                                          ulo, uhi, remaining, save, state)
         else:
             uf = x[free] / scale
             for _ in range(remaining):
@@ -402,6 +490,11 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
         bar.close()
     if not message:
         message = STATUSES.get(status, status)
+    if isinstance(optimizer, Newton) and optimizer.hessian_method:
+        message += (f" ({optimizer.t} accepted {optimizer.name} steps; second derivatives "
+                    f"{optimizer.hessian_method}"
+                    + (f", {optimizer.hessian_gradients} extra gradient evaluations)"
+                       if optimizer.hessian != "gauss-newton" else ")"))
     try:
         save()
     except KeyboardInterrupt:   # a second Ctrl-C while saving: the previous file stands
@@ -448,3 +541,180 @@ def _run_lbfgs(opt, evaluate, xf0, lo, hi, iterations, save, state, free, scale,
     # scipy's success also covers "no relative reduction of f": that is a stall, not
     # convergence; only the projected-gradient test is a stated optimality criterion.
     return "converged" if "PGTOL" in msg.upper() else "stalled"
+
+
+def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iterations, save, state):
+    """Trust-region Newton (``opt.hessian`` "dense" or "cg") in minimize's scaled
+    coordinates u = x_free / scale. Returns (status, message)."""
+    from .errors import GradientError, SimulationError
+    from .hessian import free_hessian, free_hvp
+
+    calls = [0]
+
+    def full(u):
+        xx = x.copy()
+        xx[free] = u * scale
+        return xx
+
+    def fg(u):
+        if calls[0] >= iterations:
+            raise _Stop("max_iterations")
+        calls[0] += 1
+        f, g, stop = evaluate(u)
+        state["x_next"] = full(u)
+        save()
+        if stop:
+            raise _Stop(stop)
+        return f, g
+
+    def second(fn, *a):
+        try:
+            out, n = fn(problem, *a, method, opt.step)
+        except (GradientError, SimulationError) as e:
+            raise _Stop("diverged", f"while differencing gradients for the Hessian: {e}") from None
+        except DiffsimError as e:
+            raise _Stop("stalled", f"cannot take second derivatives here: {e}") from None
+        opt.hessian_gradients += n
+        opt.hessian_method = "exact" if getattr(problem, "exact_hvp", None) else "fd-of-gradient"
+        return out
+
+    gauss_newton = getattr(problem, "gauss_newton_hessian", None)
+    if opt.hessian == "gauss-newton" and gauss_newton is None:
+        raise DiffsimError(f"optimizer {opt.name!r} needs a least-squares objective with a "
+                           f"residual Jacobian, which {problem.name} does not provide; use "
+                           "newton (second derivatives from gradients) or lbfgs")
+
+    # H_u = S H_x S with S = diag(scale): the Hessian in the scaled coordinates
+    def hess(u):
+        if opt.hessian == "gauss-newton":
+            try:
+                H = np.asarray(gauss_newton(full(u)), dtype=np.float64)
+            except (GradientError, SimulationError) as e:
+                raise _Stop("diverged", f"while computing the residual Jacobian: {e}") from None
+            opt.hessian_method = "Gauss–Newton (residual Jacobian)"
+            return H * np.outer(scale, scale)
+        return second(free_hessian, full(u), free) * np.outer(scale, scale)
+
+    def hvp(u, v):
+        return second(free_hvp, full(u), free, v * scale) * scale
+
+    u = np.clip(np.asarray(x[free] / scale, dtype=np.float64), lo, hi)
+    f, g = fg(u)
+    H = hess(u) if opt.hessian != "cg" else None
+    while True:
+        out = ((u <= lo) & (g > 0)) | ((u >= hi) & (g < 0))   # held at a bound
+        pg = np.where(out, 0.0, g)
+        pgn = float(np.max(np.abs(pg), initial=0.0))
+        if pgn <= opt.gtol:
+            return "converged", (f"the projected gradient's largest entry {pgn:.3g} "
+                                 f"≤ gtol = {opt.gtol:g} (parameters scaled by their range)")
+        F = ~out
+        if H is not None:
+            pF = _tr_dense(g[F], H[np.ix_(F, F)], opt.radius)
+        else:
+            def hv(d):
+                dd = np.zeros_like(u)
+                dd[F] = d
+                return hvp(u, dd)[F]
+            gF = g[F]
+            gn = float(np.linalg.norm(gF))
+            pF, mF = _tr_cg(gF, hv, opt.radius, min(0.5, gn) * gn,
+                            opt.max_cg or min(len(gF), 100))
+        p = np.zeros_like(u)
+        p[F] = pF
+        u_new = np.clip(u + p, lo, hi)
+        pc = u_new - u
+        if not np.any(pc):
+            return "stalled", "the Newton step is zero at the parameter bounds"
+        if H is None and np.array_equal(pc, p):
+            pred = -mF                  # the CG model value: no extra product needed
+        else:
+            Hpc = H @ pc if H is not None else hvp(u, pc)
+            pred = -(float(g @ pc) + 0.5 * float(pc @ Hpc))
+        f_new, g_new = fg(u_new)
+        actual = f - f_new
+        rho = actual / pred if pred > 0 else -math.inf
+        plen = float(np.linalg.norm(pc))
+        # a change of f within its round-off says nothing about the step: judge it by the
+        # projected gradient instead (else a fit with residuals stalls just short of gtol)
+        flat = abs(actual) <= 100 * np.finfo(np.float64).eps * max(abs(f), abs(f_new))
+        out_new = ((u_new <= lo) & (g_new > 0)) | ((u_new >= hi) & (g_new < 0))
+        smaller = float(np.max(np.abs(np.where(out_new, 0.0, g_new)), initial=0.0)) < pgn
+        if flat and smaller:
+            pass                        # keep the radius
+        elif rho < 0.25:
+            opt.radius = 0.25 * plen
+        elif rho > 0.75 and plen >= 0.99 * opt.radius:
+            opt.radius = min(2.0 * opt.radius, opt.max_radius)
+        if (actual > 0 and (rho > 1e-4 or pred <= 0)) or (flat and smaller):
+            u, f, g = u_new, f_new, g_new
+            opt.t += 1
+            if H is not None:
+                H = hess(u)
+        state["x_next"] = full(u)
+        save()
+        if opt.radius < opt.min_radius:
+            return "stalled", (f"the trust radius fell to {opt.radius:.2g} (< "
+                               f"{opt.min_radius:g}): no step lowers the objective (round-off "
+                               f"level); projected gradient {pgn:.3g} > gtol = {opt.gtol:g}")
+
+
+def _tr_dense(g, H, radius):
+    """argmin g·p + ½pᵀHp over |p| ≤ radius, exactly (Moré–Sorensen through H's
+    eigen-decomposition; the 'hard case' follows the lowest eigenvector)."""
+    from scipy.optimize import brentq
+    w, V = np.linalg.eigh(H)
+    a = V.T @ g
+    if w[0] > 0:
+        p = -V @ (a / w)
+        if np.linalg.norm(p) <= radius:
+            return p
+    tiny = 1e-14 * max(1.0, float(np.max(np.abs(w))))
+    lam_lo = max(0.0, -float(w[0]))
+
+    def norm_p(lam):
+        return float(np.linalg.norm(a / (w + lam)))
+    if norm_p(lam_lo + tiny) <= radius:      # hard case: g has no component along the lowest
+        d = w + lam_lo
+        c = np.where(d > tiny, a / np.where(d > tiny, d, 1.0), 0.0)
+        p = -V @ c
+        tau = math.sqrt(max(radius ** 2 - float(p @ p), 0.0))
+        return p + tau * V[:, 0]
+    lam_hi = float(np.linalg.norm(g)) / radius + 2 * float(np.max(np.abs(w))) + tiny
+    lam = brentq(lambda l: norm_p(l) - radius, lam_lo + tiny, lam_hi, xtol=1e-15, rtol=1e-12)
+    return -V @ (a / (w + lam))
+
+
+def _tr_cg(g, hv, radius, tol, maxit):
+    """Steihaug–Toint truncated CG for argmin m(p) = g·p + ½pᵀHp over |p| ≤ radius,
+    with H·d = hv(d): stops at the boundary, at negative curvature or at residual ≤ tol.
+    Returns (p, m(p)); m is tracked along the way (r·d = −|r|² in CG), so the caller
+    needs no extra product to judge the step."""
+    p = np.zeros_like(g)
+    r = g.copy()
+    d = -r
+    m = 0.0
+    if float(np.linalg.norm(r)) <= tol:
+        return p, m
+
+    def to_boundary(p, d, rr, dHd):
+        a, b, c = float(d @ d), 2 * float(p @ d), float(p @ p) - radius ** 2
+        tau = (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+        return p + tau * d, m - tau * rr + 0.5 * tau * tau * dHd
+    for _ in range(maxit):
+        Hd = hv(d)
+        dHd = float(d @ Hd)
+        rr = float(r @ r)
+        if dHd <= 0:
+            return to_boundary(p, d, rr, dHd)
+        alpha = rr / dHd
+        p_new = p + alpha * d
+        if float(np.linalg.norm(p_new)) >= radius:
+            return to_boundary(p, d, rr, dHd)
+        r = r + alpha * Hd
+        p = p_new
+        m -= 0.5 * alpha * rr
+        if float(np.linalg.norm(r)) <= tol:
+            return p, m
+        d = -r + (float(r @ r) / rr) * d
+    return p, m

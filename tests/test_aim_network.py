@@ -1,5 +1,6 @@
 """The neural aiming controller learns through the simulator; refinement finishes the job."""
 import numpy as np
+import pytest
 
 import diffsim
 from diffsim.tasks.aim_network import AimNetwork, evaluate, train_aim_network
@@ -20,6 +21,25 @@ def test_network_backward_matches_finite_differences():
             fd[i] += s * loss() / 2e-6
     net.set_vector(v)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_torch_training_takes_the_same_steps_as_the_numpy_network():
+    """torch MLP + torch.optim.Adam through the torch layer == numpy MLP + hand-written
+    chain rule + diffsim.Adam, to round-off: each checks the other's gradients."""
+    pytest.importorskip("torch", reason="the torch extra is not installed "
+                                        "(pip install 'diffsim[torch]')")
+    start = AimNetwork.create(hidden=8, seed=2, d_scale=150.0).vector
+    runs = [train_aim_network(AimNetwork.create(hidden=8, seed=2, d_scale=150.0), batch=16,
+                              iterations=8, use_torch=t) for t in (True, False)]
+    (net_t, loss_t), (net_n, loss_n) = runs
+    assert np.abs(net_n.vector - start).max() > 0.01  # 8 Adam steps of lr 3e-3 moved it
+    np.testing.assert_allclose(loss_t, loss_n, rtol=1e-12)
+    np.testing.assert_allclose(net_t.vector, net_n.vector, rtol=1e-10, atol=1e-13)
+    # the torch copy computes the numpy network's function
+    torch = pytest.importorskip("torch")
+    d, w = np.array([35.0, 120.0]), np.array([-4.0, 2.5])
+    angle, speed = net_t.squash(net_t.to_torch()(torch.from_numpy(net_t.features(d, w))))
+    np.testing.assert_allclose(np.stack([angle.detach(), speed.detach()]), net_t(d, w), rtol=1e-14)
 
 
 def test_training_lowers_held_out_miss_and_refinement_hits():

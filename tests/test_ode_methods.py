@@ -162,9 +162,9 @@ def test_dopri5_gradients_on_accepted_steps():
 
 @pytest.mark.parametrize("kind", ["checkpointed", "backsolve"])
 def test_dopri5_adjoint_reaches_the_requested_accuracy(kind):
-    # issue #8: RK4 on the accepted steps left the adjoint 7e-4 (relative) off; on
-    # sub-steps it is within the tolerance's reach of the continuous gradient (reference:
-    # the discrete gradient at rtol = 1e-12, itself converged to ~1e-12)
+    # issue #8: RK4 on the accepted steps left the adjoint 7e-4 (relative) off; Dopri5 with
+    # error control on the backward pass is within the tolerance's reach of the continuous
+    # gradient (reference: the discrete gradient at rtol = 1e-12, itself converged to ~1e-12)
     from diffsim.ode import Dopri5
     ts = np.linspace(0, 10.0, 101)
     data = solve(LV, (0, 10.0), [1, 1], [1.5, 1, 3, 1], dt=0.001, saveat=ts).ys[0]
@@ -173,5 +173,5 @@ def test_dopri5_adjoint_reaches_the_requested_accuracy(kind):
                 gradient="discrete", **kw).grad_params[0]
     a = solve(LV, (0, 10.0), [1, 1], P_LV, solver=Dopri5(rtol=1e-8, atol=1e-10),
               gradient="adjoint", adjoint=Adjoint(kind), **kw)
-    assert a.stats["adjoint_steps"] == 4 * a.steps
+    assert a.stats["adjoint_steps"] >= a.steps
     assert np.max(np.abs(a.grad_params[0] - ref)) <= 1e-6 * np.max(np.abs(ref))

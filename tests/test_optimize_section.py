@@ -5,7 +5,7 @@ import diffsim
 from diffsim import scene as scene_mod
 from diffsim.cli import main
 from diffsim.errors import SceneError
-from diffsim.optim import LBFGS, Adam, GradientDescent, optimize_schema
+from diffsim.optim import LBFGS, SECOND_ORDER, Adam, GradientDescent, optimize_schema
 from diffsim.scene import RENAMED, Key, bundled_scenes, load
 
 # (bundled scene, old TOML text -> replacement that brings back an old name, old key, new key)
@@ -99,19 +99,20 @@ OLD_DEFAULTS = {
     "ode": {"params": [], "optimizer": "lbfgs", "iterations": 200, "lr": 0.05},
 }
 OLD_CHOICES = {"cannon": ("adam", "lbfgs"), "mass_spring": ("adam", "gd", "lbfgs"),
-               "ode": ("lbfgs", "adam", "lm")}
+               "ode": ("lbfgs", "adam", "lm", "gauss-newton")}
 
 
 @pytest.mark.parametrize("kind", sorted(OLD_DEFAULTS))
 def test_each_kind_keeps_its_defaults(kind):
     sec = scene_mod.kind_module(kind).SCHEMA["optimize"]
     assert {k: v.default for k, v in sec.items()} == OLD_DEFAULTS[kind]
-    assert set(sec["optimizer"].choices) == set(OLD_CHOICES[kind])
+    # plus the second-order optimisers, which every kind accepts (they need only gradients)
+    assert set(sec["optimizer"].choices) == set(OLD_CHOICES[kind]) | set(SECOND_ORDER)
 
 
 def test_optimize_schema_refuses_an_unknown_optimizer():
-    with pytest.raises(ValueError, match="adam, gd, lbfgs, lm"):
-        optimize_schema(Key("any", []), ("adam", "newton"), optimizer="adam", iterations=1, lr=0.1)
+    with pytest.raises(ValueError, match="adam, gd, lbfgs, newton, newton-cg, gauss-newton, lm"):
+        optimize_schema(Key("any", []), ("adam", "bfgs"), optimizer="adam", iterations=1, lr=0.1)
     with pytest.raises(ValueError):
         optimize_schema(Key("any", []), ("adam",), optimizer="lbfgs", iterations=1, lr=0.1)
 

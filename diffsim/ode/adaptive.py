@@ -434,3 +434,124 @@ class AdaptiveStepper(runtime.RuntimeBound):
         self.y_final = yf.astype(np.float64)
         return (h_out[:N].astype(np.float64), t_out[:N].astype(np.float64),
                 obs[:N].copy(), int(obs0), ts)
+
+
+class AdjointStages(runtime.RuntimeBound):
+    """Stage values of an explicit RK tableau (``Dopri5``) on a given step grid, for the
+    continuous adjoint's backward pass (:mod:`diffsim.ode.gradients`). Forward-only
+    kernels (nothing here is differentiated), one launch per call:
+
+    * :meth:`forward`: states y_0 .. y_L from ystart over steps (h_k, t_k) and every stage
+      slope k_q = f(t_k + c_q h_k, Y_q) (L, s, B, n), for the dense output of a
+      checkpointed segment;
+    * :meth:`backward`: the state integrated backwards from yend at t_L = t_{L-1} + h_{L-1}
+      with steps of -h_k (the backsolve adjoint's state), every stage state Y_q
+      (L, s, B, n) at time t_{k+1} - c_q h_k, and each step's embedded error estimate
+      Σ_i (err_i / (atol + rtol·max(|y_i|, |y_i'|)))² (L, B).
+    """
+
+    @classmethod
+    def get(cls, ode, solver, B):
+        _check_solver(solver)
+        key = ("adjoint_stages", type(solver).__name__, tuple(solver.c), int(B),
+               runtime.current().generation)
+        st = ode._cache.get(key)
+        if st is None:
+            st = ode._cache[key] = cls(ode, solver, B)
+        return st
+
+    def __init__(self, ode, solver, B):
+        info = self._bind_runtime()
+        self.ode, self.B = ode, int(B)
+        self.a = [list(map(float, r)) for r in solver.a]
+        self.b, self.c, self.e = (list(map(float, v)) for v in (solver.b, solver.c, solver.e))
+        self.np_real = info.numpy_dtype
+        self._compile(info.real)
+
+    def _compile(self, real):
+        ode, B, n, m = self.ode, self.B, self.ode.n, self.ode.m
+        f = ode.rhs
+        a, b, c, e = self.a, self.b, self.c, self.e
+        s = len(b)
+        combs = [_comb(n, a[i]) for i in range(s)]
+        final = _comb(n, b)
+        eidx = [j for j in range(s) if e[j] != 0.0]
+        nd = ti.types.ndarray()
+
+        @ti.kernel
+        def forward(hs: nd, ts: nd, ystart: nd, p: nd, tape: nd, ks: nd):
+            L = hs.shape[0]
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                y = ti.Vector([ystart[bb, i] for i in ti.static(range(n))])
+                for i in ti.static(range(n)):
+                    tape[0, bb, i] = y[i]
+                for k in range(L):
+                    t, h = ts[k], hs[k]
+                    kk = [_keep(f(t, y, pv), n)]
+                    for q in ti.static(range(1, s)):
+                        kk.append(_keep(f(t + c[q] * h, combs[q](y, h, kk), pv), n))
+                    yn = _keep(final(y, h, kk), n)
+                    for q in ti.static(range(s)):
+                        for i in ti.static(range(n)):
+                            ks[k, q, bb, i] = kk[q][i]
+                    for i in ti.static(range(n)):
+                        tape[k + 1, bb, i] = yn[i]
+                    y = yn
+
+        @ti.kernel
+        def backward(hs: nd, ts: nd, yend: nd, p: nd, atol: real, rtol: real, tape: nd,
+                     ys: nd, err: nd):
+            L = hs.shape[0]
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                y = ti.Vector([yend[bb, i] for i in ti.static(range(n))])
+                for i in ti.static(range(n)):
+                    tape[L, bb, i] = y[i]
+                for kk_ in range(L):
+                    k = L - 1 - kk_
+                    h = -hs[k]                       # backwards in time
+                    t = ts[k] + hs[k]
+                    kk = [_keep(f(t, y, pv), n)]
+                    for i in ti.static(range(n)):
+                        ys[k, 0, bb, i] = y[i]
+                    for q in ti.static(range(1, s)):
+                        yq = combs[q](y, h, kk)
+                        for i in ti.static(range(n)):
+                            ys[k, q, bb, i] = yq[i]
+                        kk.append(_keep(f(t + c[q] * h, yq, pv), n))
+                    yn = _keep(final(y, h, kk), n)
+                    acc = 0.0
+                    for i in ti.static(range(n)):
+                        est = h * sum([e[j] * kk[j][i] for j in eidx])
+                        sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
+                        acc += (est / sc) ** 2
+                    err[k, bb] = acc
+                    for i in ti.static(range(n)):
+                        tape[k, bb, i] = yn[i]
+                    y = yn
+
+        self._forward, self._backward = forward, backward
+
+    def forward(self, h, t, ystart, params):
+        """States (L + 1, B, n) and stage slopes (L, s, B, n) over steps (h, t) (L,)."""
+        self._check_runtime()
+        r, B, n, L = self.np_real, self.B, self.ode.n, len(h)
+        tape, ks = np.zeros((L + 1, B, n), r), np.zeros((L, len(self.b), B, n), r)
+        self._forward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
+                      np.ascontiguousarray(ystart, r), np.ascontiguousarray(params, r), tape, ks)
+        return tape.astype(np.float64), ks.astype(np.float64)
+
+    def backward(self, h, t, yend, params, rtol, atol):
+        """States (L + 1, B, n) integrated backwards from yend (tape[L] = yend), stage
+        states (L, s, B, n) and squared scaled error sums (L, B) of steps (h, t) (L,)."""
+        self._check_runtime()
+        r, B, n, L = self.np_real, self.B, self.ode.n, len(h)
+        tape, ys = np.zeros((L + 1, B, n), r), np.zeros((L, len(self.b), B, n), r)
+        err = np.zeros((L, B), r)
+        self._backward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
+                       np.ascontiguousarray(yend, r), np.ascontiguousarray(params, r),
+                       atol, rtol, tape, ys, err)
+        return tape.astype(np.float64), ys.astype(np.float64), err.astype(np.float64)

@@ -15,27 +15,34 @@ needed, so memory is O(K + N/K) states for K segments.
   the RK discretisation of the sensitivity equations S' = J S + ∂f/∂p, so it matches the
   discrete gradient to rounding. Cost grows with the number of parameters (columns).
 - adjoint: λ' = -Jᵀλ - ∂g/∂y and μ' = -(∂f/∂p)ᵀλ - ∂g/∂p integrated backwards from
-  λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p with classic RK4 on the solver's step grid, λ jumping by
-  2w(y - d) at observations; J = ∂f/∂y and ∂f/∂p at the RK4 stage points come from
-  Taichi reverse mode of f. "backsolve" re-integrates y backwards with RK4 alongside λ
+  λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p, λ jumping by 2w(y - d) at observations; J = ∂f/∂y and
+  ∂f/∂p at the stage points come from Taichi reverse mode of f (:mod:`.pointwise`), one
+  launch per segment and pass. Fixed-step solvers: classic RK4 on the solver's own step
+  grid (error: that grid's discretisation error). Adaptive solvers (Dopri5): the
+  solver's own pair on its accepted steps, each step split until the embedded error
+  estimate of the backward system is within rtol/atol, so the gradient reaches the
+  accuracy the solver was asked for. "backsolve" re-integrates y backwards alongside λ
   (memory O(1) in N, but the backward state drifts on unstable or dissipative systems);
   "checkpointed" recomputes each segment forward from its checkpoint and takes the
-  half-step states from cubic Hermite interpolation (accurate, O(K + N/K) memory).
-  Cost grows with the number of states, not parameters.
+  states between steps from cubic Hermite interpolation (RK4) or Dopri5's 4th-order
+  dense output (accurate, O(K + N/K) memory). Cost grows with the number of states,
+  not parameters.
 - implicit solvers: Φ_i = (I - h J_{i+1})⁻¹, Ψ_i = (I - h J_{i+1})⁻¹ h ∂f/∂p at the
   converged state (implicit function theorem), never differentiating Newton iterations.
 
-Every per-step matrix is assembled vectorised in numpy; the time recursions run in two
-small forward-only Taichi kernels.
+Every per-step matrix is assembled vectorised in numpy; the time recursions run in small
+forward-only Taichi kernels (forward sensitivities and the discrete adjoint: matrix
+recursions; the continuous adjoint: a stage kernel per tableau).
 """
 
 import numpy as np
 import taichi as ti
 
 from .. import runtime
-from ..errors import DiffsimError
+from ..errors import DiffsimError, SimulationError
 from ..gradients import Adjoint  # noqa: F401 (re-exported by diffsim.ode)
 from .pointwise import PointJacobian
+from .solvers import RK4, Dopri5
 
 
 # Adjoint (kind "checkpointed" | "backsolve") is the one gradient-method object of
@@ -103,6 +110,75 @@ def _kernels():
 
     _KERNELS.update(gen=gen, fwd=fwd, rev=rev)
     return fwd, rev
+
+
+def _stage_kernel(a, b, e, n, m):
+    """Forward-only kernel for one explicit RK tableau (a, b; error weights e) applied to
+    the adjoint ODE backwards in time over L steps (s = -t), for z = (λ, μ):
+
+        dλ/ds = Jᵀλ + g_y,   dμ/ds = (∂f/∂p)ᵀλ + g_p
+
+    with JJ = [J | ∂f/∂p] (M, B, n, n + m) and gg = [g_y | g_p] (M, B, n + m) given at M
+    points; stage q of step l reads point idx[q, l]. Step l goes from t_{l+1} to t_l with
+    size h[l], λ first jumping by src[l+1] (src: (L + 1, B, n)). Stage λ's are formed
+    directly from λ (no matrices): O(s²n + s·n·(n + m)) per step. Writes z at t_0 in
+    place, lp[l] = λ entering step l - 1 (after its jump; lp[0] = λ(t_0) before src[0])
+    and err[l, b] = Σ over the n + m components of (h·Σ e_q k_q / (atol + rtol·max(|z|,
+    |z'|)))². scratch: (s + 1, B, n + m). Compiled per tableau and (n, m) (unrolled)."""
+    key = ("stage", tuple(map(tuple, a)), tuple(b), tuple(e), n, m, runtime.current().generation)
+    k = _KERNELS.get(key)
+    if k is not None:
+        return k
+    s = len(b)
+    a = [[float(x) for x in row] + [0.0] * (s - len(row)) for row in a]
+    b, e = [float(x) for x in b], [float(x) for x in e]
+    N = n + m
+    nd = ti.types.ndarray()
+
+    @ti.kernel
+    def stages(h: nd, idx: nd, JJ: nd, gg: nd, src: nd, z: nd, K: nd, lp: nd, err: nd,
+               rtol: ti.f64, atol: ti.f64):
+        L, B = h.shape[0], z.shape[0]
+        ti.loop_config(serialize=True)
+        for bb in range(B):
+            for ii in range(L):
+                l = L - 1 - ii
+                hl = h[l]
+                for c in ti.static(range(n)):
+                    z[bb, c] += src[l + 1, bb, c]
+                    lp[l + 1, bb, c] = z[bb, c]
+                for q in ti.static(range(s)):
+                    pt = idx[q, l]
+                    for c in ti.static(range(n)):            # stage λ, kept in scratch row s
+                        v = z[bb, c]
+                        for j in ti.static(range(q)):
+                            if ti.static(a[q][j] != 0.0):
+                                v += hl * a[q][j] * K[j, bb, c]
+                        K[s, bb, c] = v
+                    for c in ti.static(range(N)):
+                        acc = gg[pt, bb, c]
+                        for d in ti.static(range(n)):
+                            acc += JJ[pt, bb, d, c] * K[s, bb, d]
+                        K[q, bb, c] = acc
+                sq = ti.cast(0.0, ti.f64)         # float64 whatever the runtime's default
+                for c in ti.static(range(N)):
+                    dz, ez = ti.cast(0.0, ti.f64), ti.cast(0.0, ti.f64)
+                    for q in ti.static(range(s)):
+                        if ti.static(b[q] != 0.0):
+                            dz += b[q] * K[q, bb, c]
+                        if ti.static(e[q] != 0.0):
+                            ez += e[q] * K[q, bb, c]
+                    new = z[bb, c] + hl * dz
+                    sc = atol + rtol * ti.max(ti.abs(z[bb, c]), ti.abs(new))
+                    sq += (hl * ez / sc) ** 2
+                    z[bb, c] = new
+                err[l, bb] = sq
+            for c in ti.static(range(n)):
+                lp[0, bb, c] = z[bb, c]
+
+    stages.n_stages = s
+    _KERNELS[key] = stages
+    return stages
 
 
 # -- pointwise Jacobians of one (ODE, solver, batch) ----------------------------------
@@ -261,7 +337,7 @@ def forward_sensitivities(grid: Grid, saves: int):
 def discrete_adjoint(grid: Grid):
     """Reverse recursion λ_i = Φ_iᵀ λ_{i+1} over step Jacobians (the discrete gradient of
     implicit solvers, by the implicit function theorem): (dL/dp, dL/dy0)."""
-    return _reverse(grid, lambda i0, tape, stages: _discrete_maps(grid, i0, tape))
+    return _reverse(grid, lambda i0, tape: _discrete_maps(grid, i0, tape))
 
 
 def _discrete_maps(grid, i0, tape):
@@ -271,117 +347,296 @@ def _discrete_maps(grid, i0, tape):
             np.ascontiguousarray(np.swapaxes(psi, 2, 3)), np.zeros((L, B, grid.ode.m)))
 
 
-def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None):
+def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     """Continuous adjoint (see module doc): (dL/dp (B, m), dL/dy0 (B, n)). trace: a list
-    that receives (times, λ) per segment, for plots of the adjoint state."""
+    that receives (times (L + 1,), λ (L + 1, B, n)) per segment (adaptive: per chunk),
+    last segment first, for plots of the adjoint state. stats: a dict that receives
+    ``adjoint_steps`` (backward steps taken) and ``adjoint_passes`` (walks over segments
+    or chunks; more than one per chunk when adaptive steps were split).
+
+    Fixed-step solvers: classic RK4 backwards on the solver's own grid (its error is the
+    grid's discretisation error). Adaptive solvers (Dopri5): the solver's own pair with
+    error control at its rtol/atol (:func:`_adaptive_segment`). Both run the same stage
+    kernel (:func:`_stage_kernel`) on Jacobians from :mod:`.pointwise`."""
     if kind == "backsolve" and grid.solver.implicit:
         raise DiffsimError("Adjoint(kind='backsolve') integrates the state backwards with an "
                            "explicit method, which is unstable for the stiff problems implicit "
                            "solvers are for; use Adjoint(kind='checkpointed')")
-    return _reverse(grid, lambda i0, tape, stages: _adjoint_maps(grid, i0, tape, stages),
-                    backsolve=kind == "backsolve", discrete=False, trace=trace)
-
-
-def _adjoint_maps(grid, i0, tape, stages):
-    """Affine maps of one RK4 step of the (linear) adjoint ODE backwards in time:
-    λ_i = R λ_{i+1} + r and μ_i = μ_{i+1} + G λ_{i+1} + g, from J at the stage states."""
-    ode, p = grid.ode, grid.params
-    n, m = ode.n, ode.m
-    L = tape.shape[0] - 1
-    h = grid.h[i0:i0 + L]
-    t1 = grid.t[i0:i0 + L] + h
-    if stages is None:       # checkpointed: stage states from the recomputed segment
-        tt = np.concatenate([grid.t[i0:i0 + L], [t1[-1]]])
-        hb = h[:, None, None]
-        fv, Jg, Jpg = grid.jac("rhs", tape, tt, 0.0, p)     # f gives the Hermite half-steps
-        mid = 0.5 * (tape[:-1] + tape[1:]) + hb / 8 * (fv[:-1] - fv[1:])   # cubic Hermite
-        _, Jm, Jpm = grid.jac("rhs", mid, t1 - 0.5 * h, 0.0, p)
-        Js = [Jg[1:], Jm, Jm, Jg[:-1]]
-        Jps = [Jpg[1:], Jpm, Jpm, Jpg[:-1]]
-        pts = [tape[1:], mid, mid, tape[:-1]]
-    else:                    # backsolve: the recorded backward RK4 stages
-        Js, Jps, pts = [], [], []
-        for q, cq in enumerate((0.0, 0.5, 0.5, 1.0)):
-            _, J, Jp = grid.jac("rhs", stages[:, q], t1 - cq * h, 0.0, p)
-            Js.append(J)
-            Jps.append(Jp)
-            pts.append(stages[:, q])
-    B = tape.shape[1]
-    if ode.running is not None:
-        gys, gps = [], []
-        for q, cq in enumerate((0.0, 0.5, 0.5, 1.0)):
-            _, gy, gp = grid.jac("running", pts[q], t1 - cq * h, 0.0, p)
-            gys.append(gy[:, :, 0])
-            gps.append(gp[:, :, 0])
+    ode, solver, p = grid.ode, grid.solver, grid.params
+    B, n, m = p.shape[0], ode.n, ode.m
+    backsolve = kind == "backsolve"
+    if solver.adaptive:
+        if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
+            raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
+                               "output; use Dopri5() or gradient='discrete'")
+        from .adaptive import AdjointStages
+        tab = AdjointStages.get(ode, solver, B)
+        kern = _stage_kernel(solver.a, solver.b, solver.e, n, m)
     else:
-        gys, gps = [np.zeros((L, B, n))] * 4, [np.zeros((L, B, m))] * 4
-    hb = h[:, None, None]
-    hv = h[:, None, None, None]
-    eye = np.eye(n)
-    A = [np.swapaxes(J, 2, 3) for J in Js]         # dλ/ds = Jᵀλ + g_y  (s = -t)
-    C = [np.swapaxes(Jp, 2, 3) for Jp in Jps]      # dμ/ds = f_pᵀλ + g_p
-    M, v = np.broadcast_to(eye, (L, B, n, n)), np.zeros((L, B, n))
-    Rsum, rsum = np.zeros((L, B, n, n)), np.zeros((L, B, n))
-    Gsum, gsum = np.zeros((L, B, m, n)), np.zeros((L, B, m))
-    for q, (wq, cnext) in enumerate(((1, 0.5), (2, 0.5), (2, 1.0), (1, None))):
-        K = A[q] @ M                                 # stage slope k_q = K λ + κ
-        kap = np.einsum("lbij,lbj->lbi", A[q], v) + gys[q]
-        Rsum += wq * K
-        rsum += wq * kap
-        Gsum += wq * (C[q] @ M)
-        gsum += wq * (np.einsum("lbij,lbj->lbi", C[q], v) + gps[q])
-        if cnext is not None:                        # next stage's λ = M λ + v
-            M = eye + cnext * hv * K
-            v = cnext * hb * kap
-    R = eye + hv / 6 * Rsum
-    return (np.ascontiguousarray(R), np.ascontiguousarray(hb / 6 * rsum),
-            np.ascontiguousarray(hv / 6 * Gsum), np.ascontiguousarray(hb / 6 * gsum))
+        kern = _stage_kernel(RK4.a, RK4.b, [0.0] * len(RK4.b), n, m)
+    _, fy, fp = grid.final_terms(grid.cps[-1])
+    z = np.concatenate([fy, fp], axis=1)              # (λ, μ) at t1
+    yend = grid.cps[-1]
+    src0 = None
+    steps, passes = 0, 0
+    for seg in reversed(range(len(grid.segs))):
+        if solver.adaptive:
+            pieces = _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve)
+        else:
+            pieces = [_rk4_segment(grid, kern, seg, z, yend, backsolve)]
+        for z, src, lp, times, yend, np_ in pieces:
+            passes += np_
+            steps += len(times) - 1
+            if trace is not None:            # λ at each backward grid state, before its jump
+                path = lp - src
+                path[0], path[-1] = lp[0], lp[-1]
+                trace.append((times, path))
+            src0 = src[0]
+    if stats is not None:
+        stats.update(adjoint_steps=steps, adjoint_passes=passes)
+    return _initial_gradients(grid, z[:, :n] + src0, z[:, n:])
 
 
-def _reverse(grid: Grid, maps, backsolve=False, discrete=True, trace=None):
-    """Shared backward sweep over segments: λ from the final cost and observations,
-    μ the parameter gradient; maps(i0, tape, stages) -> (R, r, G, g) per step. discrete:
-    the running cost enters as the trapezoid sum's state gradients (the continuous
-    adjoint takes it inside its maps instead)."""
+def _point_jacobians(grid, X, TX):
+    """[J | ∂f/∂p] (M, B, n, n + m) and [∂g/∂y | ∂g/∂p] (M, B, n + m) (zeros without a
+    running cost g) at M points X (M, B, n), times TX (M,): one reverse-mode launch each."""
+    p = grid.params
+    _, J, Jp = grid.jac("rhs", X, TX, 0.0, p)
+    JJ = np.concatenate([J, Jp], axis=3)
+    if grid.ode.running is not None:
+        _, gy, gp = grid.jac("running", X, TX, 0.0, p)
+        gg = np.concatenate([gy[:, :, 0], gp[:, :, 0]], axis=2)
+    else:
+        gg = np.zeros(JJ.shape[:2] + JJ.shape[3:])
+    return JJ, gg
+
+
+def _sweep(kern, h, idx, JJ, gg, src, z, rtol=1.0, atol=1.0):
+    """One backward walk of the stage kernel over a segment: (z at its start, lp, err²)."""
+    L, (B, N), n = len(h), z.shape, src.shape[2]
+    z = z.copy()
+    lp, sq = np.zeros((L + 1, B, n)), np.zeros((L, B))
+    kern(np.ascontiguousarray(h, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.int32),
+         np.ascontiguousarray(JJ), np.ascontiguousarray(gg), src, z,
+         np.zeros((kern.n_stages + 1, B, N)), lp, sq, rtol, atol)
+    return z, lp, sq
+
+
+def _rk4_segment(grid, kern, seg, z, yend, backsolve):
+    """Classic RK4 backwards over one segment of a fixed-step (or implicit) grid.
+    Checkpointed: stage states from the recomputed segment, the half-step states by cubic
+    Hermite interpolation; backsolve: the recorded backward RK4 stages of y."""
+    i0, cnt = grid.segs[seg]
+    h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    t1 = t + h
+    L = cnt
+    ar = np.arange(L)
+    if backsolve:
+        stages, tape = grid.backsolve(i0, cnt, yend)          # (L, 4, B, n): at t1 - c_q h
+        TX = t1[:, None] - np.asarray(RK4.c)[None, :] * h[:, None]
+        JJ, gg = _point_jacobians(grid, stages.reshape((-1,) + stages.shape[2:]), TX.ravel())
+        idx = 4 * ar[None, :] + np.arange(4)[:, None]
+        yend = tape[0]
+    else:
+        tape = grid.record(i0, cnt, grid.cps[seg])
+        tt = np.concatenate([t, t1[-1:]])
+        fv, _, _ = grid.jac("rhs", tape, tt, 0.0, grid.params)
+        mid = 0.5 * (tape[:-1] + tape[1:]) + h[:, None, None] / 8 * (fv[:-1] - fv[1:])
+        JJ, gg = _point_jacobians(grid, np.concatenate([tape, mid]),
+                                  np.concatenate([tt, t1 - 0.5 * h]))
+        # stages at t1 - c_q h: the later state, the mid-point twice, the earlier state
+        idx = np.stack([ar + 1, L + 1 + ar, L + 1 + ar, ar])
+    src, _ = grid.state_sources(i0, tape, with_running=False)
+    z, lp, _ = _sweep(kern, h, idx, JJ, gg, src, z)
+    return z, src, lp, grid.steps.state_times(np.arange(i0, i0 + L + 1)), yend, 1
+
+
+# -- the adjoint of adaptive solvers ----------------------------------------------------
+#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
+#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
+#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
+DOPRI5_DENSE = np.array([
+    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0, 0, 0, 0],
+    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
+
+#: passes over one segment (each splits the steps whose backward error was too large)
+#: before the adjoint gives up with a SimulationError
+ADJOINT_MAX_PASSES = 10
+#: most backward sub-steps per accepted forward step
+ADJOINT_MAX_SPLIT = 1 << 10
+#: forward steps per chunk of the adaptive backward pass, and most sub-steps in a chunk
+#: (memory: sub-steps × 7 stage points × B × n × (n + m) Jacobian entries)
+ADJOINT_CHUNK = 1024
+ADJOINT_CHUNK_SUBSTEPS = 4096
+
+
+def _subgrid(h, t, sub):
+    """Steps (h, t) (L,) with step i split into sub[i] equal sub-steps: sub-step sizes and
+    start times (L',), each sub-step's parent step and index k inside it, and the
+    sub-grid index of every original grid state (L + 1,)."""
+    parent = np.repeat(np.arange(len(h)), sub)
+    start = np.concatenate([[0], np.cumsum(sub)])
+    k = np.arange(len(parent)) - start[parent]
+    r = sub[parent]
+    return h[parent] / r, t[parent] + h[parent] * (k / r), parent, k, start
+
+
+def _dense_stages(c, tape, ks, h, parent, k, r):
+    """Checkpointed segment: the states at the backward stage times of sub-steps (parent
+    step i, k-th of r) from step i's dense output: stage q at θ = (k + 1 - c_q)/r of the
+    forward step, (L', s, B, n)."""
+    th = (k[:, None] + 1.0 - np.asarray(c)[None, :]) / r[:, None]               # (L', s)
+    W = (th[..., None] ** np.arange(1, 5)) @ DOPRI5_DENSE.T                      # (L', s, 7)
+    kp = ks[parent]                                                              # (L', 7, B, n)
+    Lp, S = kp.shape[:2]
+    inc = (W @ kp.reshape(Lp, S, -1)).reshape((Lp, len(c)) + kp.shape[2:])
+    return tape[parent][:, None] + h[parent][:, None, None, None] * inc
+
+
+def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
+    """The continuous adjoint of an adaptive solver over one segment, backwards: the
+    augmented backward system (λ, μ and, for backsolve, y) integrated by the solver's own
+    embedded pair (Dopri5) with error control at its rtol/atol.
+
+    The accepted forward steps are walked backwards; then every step whose error norm
+    (RMS over λ, μ [, y] of err/(atol + rtol·max(|start|, |end|)), largest over the
+    batch) exceeds 1 is split into equal sub-steps (the local error of the pair falls as
+    the 5th power of the step) and the steps are walked again, until every step passes
+    (else a SimulationError). Observation times are forward grid points, so λ's jumps
+    fall on step boundaries. States at the stage times: checkpointed, from the forward
+    step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed segment (a
+    later pass evaluates Jacobians only on the split steps); backsolve, the backward
+    stages of y themselves (all of them again in each pass). Memory: the segment is
+    processed in chunks of at most :data:`ADJOINT_CHUNK` forward steps and
+    :data:`ADJOINT_CHUNK_SUBSTEPS` backward sub-steps (a chunk shrinks when its steps
+    are split beyond that). Yields (z, src, lp, times, yend, passes) per chunk."""
+    ode, solver, p = grid.ode, grid.solver, grid.params
+    B, n, m = p.shape[0], ode.n, ode.m
+    c = solver.c
+    s = len(c)
+    rtol, atol = solver.rtol, solver.atol
+    # point slots of a sub-step: dense states coincide for equal c (Dopri5's two c = 1
+    # stages); backward stages of y are all distinct
+    if backsolve:
+        slot = list(range(s))
+    else:
+        cs = sorted(set(c))
+        slot = [cs.index(cq) for cq in c]
+    cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
+    P = len(cslot)
+    i0, cnt = grid.segs[seg]
+    h_all, t_all = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    if not backsolve:
+        tape_all, ks_all = tab.forward(h_all, t_all, grid.cps[seg], p)
+    sub_all = np.ones(cnt, np.int64)
+    c1 = cnt
+    while c1 > 0:
+        c0 = max(0, c1 - ADJOINT_CHUNK)
+        changed = np.ones(cnt, bool)        # parents whose stage points are new
+        old = None
+        for passes in range(1, ADJOINT_MAX_PASSES + 1):
+            h, t, sub = h_all[c0:c1], t_all[c0:c1], sub_all[c0:c1]
+            hs, ts, parent, k, start = _subgrid(h, t, sub)
+            L = len(hs)
+            yerr = None
+            if backsolve:
+                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
+                src_o, _ = grid.state_sources(i0 + c0, sstates[start], with_running=False)
+                fresh = np.ones(L, bool)
+            else:
+                tape, ks = tape_all[c0:c1 + 1], ks_all[c0:c1]
+                src_o, _ = grid.state_sources(i0 + c0, tape, with_running=False)
+                fresh = changed[c0:c1][parent]
+            # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
+            JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
+            if old is not None and not fresh.all():
+                keep = ~fresh
+                prev = old[2][parent[keep]] + k[keep]
+                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
+            fi = np.nonzero(fresh)[0]
+            if backsolve:
+                X = Ys
+            else:
+                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
+            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
+            Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
+            JJ[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:])
+            gg[fi] = gf.reshape((len(fi), P) + gf.shape[1:])
+            old = (JJ, gg, start)
+            idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
+            src = np.zeros((L + 1, B, n))
+            src[start] = src_o
+            z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
+                                   gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
+            comps = n + m
+            if yerr is not None:
+                sq = sq + yerr
+                comps += n
+            err = np.sqrt(sq / comps).max(axis=1)                     # (L,)
+            if not np.all(np.isfinite(err)):
+                raise SimulationError(
+                    f"the continuous adjoint of {solver!r} became NaN/inf near t = "
+                    f"{ts[np.argmax(~np.isfinite(err))]:.6g}; check the parameters, or use "
+                    "gradient='discrete'")
+            worst = np.zeros(c1 - c0)
+            np.maximum.at(worst, parent, err)
+            bad = worst > 1.0
+            if not bad.any():
+                break
+            # split so that the error (∝ h^5) drops to about half the tolerance
+            sub[bad] *= np.maximum(2, np.ceil((2.0 * worst[bad]) ** 0.2)).astype(np.int64)
+            if sub.max() > ADJOINT_MAX_SPLIT:
+                break
+            changed[:] = False
+            changed[c0:c1] = bad
+            # too many sub-steps for one chunk: keep its later steps, start it afresh
+            tot = np.cumsum(sub[::-1])
+            if tot[-1] > ADJOINT_CHUNK_SUBSTEPS and c1 - c0 > 1:
+                c0 = c1 - max(1, int(np.searchsorted(tot, ADJOINT_CHUNK_SUBSTEPS, side="right")))
+                changed[:] = True
+                old = None
+        if bad.any():
+            i = int(np.argmax(worst))
+            raise SimulationError(
+                f"the continuous adjoint of {solver!r} did not reach rtol={rtol:g}, "
+                f"atol={atol:g} on the step at t = {t[i]:.6g} (error {worst[i]:.3g}× the "
+                f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
+                "or use gradient='discrete'")
+        if backsolve:
+            yend = sstates[0]
+        z = z_new
+        yield z, src, lp, np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
+        c1 = c0
+
+
+def _reverse(grid: Grid, maps):
+    """Backward sweep of the discrete adjoint over segments: λ from the final cost and
+    observations, μ the parameter gradient; maps(i0, tape) -> (R, r, G, g) per step."""
     ode, B = grid.ode, grid.params.shape[0]
-    n = ode.n
     _, rev = _kernels()
     _, fy, fp = grid.final_terms(grid.cps[-1])
     lam, mu = fy.copy(), fp.copy()
-    tmp = np.zeros((B, n))
-    yend = grid.cps[-1]
+    tmp = np.zeros((B, ode.n))
     src0 = None
     for k in reversed(range(len(grid.segs))):
         i0, cnt = grid.segs[k]
-        stages = None
-        if backsolve:
-            stages, tape = grid.backsolve(i0, cnt, yend)
-            yend = tape[0]
-        else:
-            tape = grid.record(i0, cnt, grid.cps[k])
-        src, srcp = grid.state_sources(i0, tape, with_running=discrete)
+        tape = grid.record(i0, cnt, grid.cps[k])
+        src, srcp = grid.state_sources(i0, tape)
         mu += srcp
-        R, r, G, g = maps(i0, tape, stages)
-        if trace is not None:
-            trace.append(_lambda_path(grid, i0, R, r, src, lam))
+        R, r, G, g = maps(i0, tape)
         rev(R, r, G, g, src, lam, mu, tmp)
         src0 = src[0]
-    lam += src0
-    y_init, dy0dp = grid.initial()
+    return _initial_gradients(grid, lam + src0, mu)
+
+
+def _initial_gradients(grid, lam, mu):
+    """(dL/dp, dL/dy0) from λ(t0) and μ(t0): through y0(p) when the ODE has one."""
+    _, dy0dp = grid.initial()
     if dy0dp is not None:
-        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros((B, n))
+        return mu + np.einsum("bc,bcj->bj", lam, dy0dp), np.zeros(lam.shape)
     return mu, lam
-
-
-def _lambda_path(grid, i0, R, r, src, lam_end):
-    """(times (L + 1,), λ (L + 1, B, n)) over one segment, for plots (numpy recursion)."""
-    L = R.shape[0]
-    path = np.zeros((L + 1,) + lam_end.shape)
-    lam = lam_end + src[L]
-    path[L] = lam
-    for i in reversed(range(L)):
-        lam = np.einsum("bij,bj->bi", R[i], lam) + r[i]
-        path[i] = lam
-        lam = lam + src[i]
-    ts = grid.steps.state_times(np.arange(i0, i0 + L + 1))
-    return ts, path

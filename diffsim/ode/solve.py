@@ -89,21 +89,6 @@ def fixed_grid(t0, t1, dt, saveat) -> StepGrid:
     return StepGrid.uniform(t0, h, N, ridx[later] - 1, later, obs0, ts)
 
 
-#: sub-steps per accepted Dopri5 step on which the continuous adjoint is integrated
-#: (RK4 error per step falls as the 5th power of the step: 4 → 1/1024)
-ADJOINT_REFINE = 4
-
-
-def refine(steps: StepGrid, r: int) -> StepGrid:
-    """The grid with every step split into r equal sub-steps; a save reached at the end
-    of a step is reached at the end of its last sub-step."""
-    h = np.repeat(steps.h[:] / r, r)
-    t = (steps.t[:][:, None] + steps.h[:][:, None] * (np.arange(r)[None, :] / r)).ravel()
-    obs = np.full(steps.N * r, -1, np.int32)
-    obs[r - 1::r] = steps.obs[:]
-    return StepGrid.arrays(h, t, obs, steps.obs0, steps.ts)
-
-
 #: most steps of a fixed-step solve (memory is bounded in N, time is not)
 MAX_STEPS = 1e12
 
@@ -213,17 +198,6 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         it.set_grid(steps)
         it.set_data(d, w)
         run = _ExplicitRun(it, jac, merge=max_fused is None)
-        if solver.adaptive and gradient == "adjoint":
-            # the adjoint's RK4 (with Hermite half-step states) on Dopri5's accepted steps
-            # is far less accurate than the steps were chosen for: integrate it on the
-            # accepted grid with every step split in ADJOINT_REFINE (states recomputed by
-            # the Dopri5 formula on the sub-steps)
-            fine = refine(steps, ADJOINT_REFINE)
-            cap_f = 1 << max(4, (fine.N - 1).bit_length())
-            itf = _integration(ode, solver, B, cap_f, J, max_fused)
-            itf.set_grid(fine)
-            itf.set_data(d, w)
-            run.adjoint_run = _ExplicitRun(itf, jac, merge=max_fused is None)
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
 
 
@@ -353,12 +327,8 @@ def _solve(run, ts, params, y0, gradient, adjoint, trace) -> Solution:
         gp, gy, S = forward_sensitivities(run.grid(params, y0), len(ts))
         sol.grad_params, sol.grad_y0, sol.sensitivities = gp, gy, S
     elif gradient == "adjoint":
-        arun = getattr(run, "adjoint_run", None)
-        if arun is not None:
-            arun.losses(params, y0)        # checkpoints on the refined grid
-            sol.stats["adjoint_steps"] = arun.it.n_steps
-        sol.grad_params, sol.grad_y0 = continuous_adjoint((arun or run).grid(params, y0),
-                                                          adjoint.kind, trace)
+        sol.grad_params, sol.grad_y0 = continuous_adjoint(run.grid(params, y0), adjoint.kind,
+                                                          trace, sol.stats)
         sol.stats["adjoint"] = adjoint.kind
     elif gradient == "fd":
         sol.grad_params, sol.grad_y0 = _fd(run, params, y0)

@@ -163,7 +163,8 @@ class Dopri5(ExplicitRK):
     h0: first step (default: Hairer's starting-step heuristic); max_steps: attempts
     (accepted + rejected) after which the solve fails with a SimulationError naming it.
     Gradients: "discrete" and "forward" differentiate the accepted steps with the step
-    sizes held fixed (as "fd" does); "adjoint" integrates the adjoint on the same steps.
+    sizes held fixed (as "fd" does); "adjoint" integrates the adjoint backwards with Dopri5 under the same rtol/atol,
+    starting from the accepted steps and splitting those whose error estimate fails.
     """
     name, order, adaptive = "dopri5", 5, True
     c = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import DiffsimError
-from ..optim import Adam, LBFGS, minimize, optimize_schema
+from ..optim import SECOND_ORDER, Adam, LBFGS, make_optimizer, minimize, optimize_schema
 from ..problem import Param, Parameters, Problem
 from ..scene import REQUIRED, Key
 from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
@@ -481,6 +481,8 @@ class CannonProblem(Problem):
         name = name or cfg["optimizer"]
         if name == "lbfgs":
             return LBFGS()
+        if name in SECOND_ORDER:
+            return make_optimizer(name)
         return Adam(lr=cfg["lr"], decay=cfg["decay"], beta2=cfg["beta2"])
 
     def aim(self, iterations=None, optimizer=None, method=None, progress=False, callback=None,

@@ -461,7 +461,7 @@ class MassSpringProblem(Problem):
     # -- optimisation with checkpoints ----------------------------------------------------
     def make_optimizer(self, name=None):
         """The optimiser ``name`` (default ``optimize.optimizer``) with the scene's lr/clip."""
-        from ..optim import LBFGS, Adam, GradientDescent
+        from ..optim import LBFGS, SECOND_ORDER, Adam, GradientDescent, make_optimizer
         o = self.scene["optimize"]
         name = name or o["optimizer"]
         clip = o["clip"] or None
@@ -471,7 +471,10 @@ class MassSpringProblem(Problem):
             return GradientDescent(lr=o["lr"], normalize=True, clip=clip)
         if name == "lbfgs":
             return LBFGS()
-        raise DiffsimError(f"optimize.optimizer={name!r} is not known; use adam, gd or lbfgs")
+        if name in SECOND_ORDER:
+            return make_optimizer(name)
+        raise DiffsimError(f"optimize.optimizer={name!r} is not known; use adam, gd, lbfgs, "
+                           "newton or newton-cg")
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False, out=None,
                          progress=True, plots=True, optimizer=None):

@@ -46,7 +46,7 @@ SCHEMA = {
     # fit and optimize both read it; lm is SciPy's Levenberg–Marquardt on the residuals
     "optimize": optimize_schema(
         Key("any", [], "names of the parameters to fit (list of strings)"),
-        ("lbfgs", "adam", "lm"), optimizer="lbfgs", iterations=200, lr=0.05),
+        ("lbfgs", "adam", "lm", "gauss-newton"), optimizer="lbfgs", iterations=200, lr=0.05),
 }
 
 
@@ -156,11 +156,15 @@ class ODEProblem(Problem):
         the objective's exact gradient g_d differs from g_c by its own discretisation
         error, so |g_a − g_d| ≤ |g_a − g_c| + |g_d − g_c|. Each term is estimated by step
         halving of that method itself (Richardson): e(h) ≈ |g(h) − g(h/2)|·2^p/(2^p − 1)
-        with p = min(4, solver order) (the adjoint integrates by RK4 on states of the
-        forward solver's accuracy; p = 1 for leapfrog and symplectic Euler, first order
-        in velocity-dependent forces). The estimate never uses g_a − g_d, so an adjoint that
-        is wrong by more than its discretisation error still fails the check. Returned:
-        2·(e_a + e_d) (a factor 2 for the asymptotic estimate). Cost: four gradients."""
+        with p = min(4, solver order) (fixed steps: the adjoint integrates by RK4 on states
+        of the forward solver's accuracy; p = 1 for leapfrog and symplectic Euler, first
+        order in velocity-dependent forces). Dopri5: the refined run divides rtol and atol
+        by 2⁵, and both errors scale about linearly with rtol (the adjoint's backward pass
+        is error-controlled at the solver's tolerances; docs/ode.md), so the factor
+        32/31 would do: the 16/15 of p = 4 is kept, slightly larger. The estimate never
+        uses g_a − g_d, so an adjoint that is wrong by more than its discretisation error
+        still fails the check. Returned: 2·(e_a + e_d) (a factor 2 for the asymptotic
+        estimate). Cost: four gradients."""
         if method != "adjoint":
             return None
         x = self._as_x(x)
@@ -264,7 +268,10 @@ class ODEProblem(Problem):
         observations by least squares (L-BFGS, Adam or Levenberg–Marquardt).
 
         Returns a report: fitted params, loss (Σ of squared residuals), iterations,
-        status and message, success (= status "converged"), std_errors and correlation.
+        status and message, success (= status "converged"), std_errors, correlation and
+        covariance (Gauss–Newton, ``uncertainty_method`` says so) and
+        ``hessian_uncertainty`` (the same from the full Hessian of the objective, see
+        :meth:`_hessian_uncertainty`; None when interrupted or beyond 50 parameters).
 
         status: "converged" when, at the returned point, the Gauss–Newton step predicts a
         decrease of at most GN_RTOL (1e-8) of the objective (Bates–Watts relative offset
@@ -321,8 +328,9 @@ class ODEProblem(Problem):
             x, its, loss = best["x"], best["n"], best["f"]
             self.set(x)
         else:
-            from ..optim import LBFGS, Adam, minimize
-            opt = LBFGS() if optimizer == "lbfgs" else Adam(lr=fsec["lr"])
+            from ..optim import LBFGS, SECOND_ORDER, Adam, make_optimizer, minimize
+            opt = (LBFGS() if optimizer == "lbfgs" else make_optimizer(optimizer)
+                   if optimizer in (*SECOND_ORDER, "gauss-newton") else Adam(lr=fsec["lr"]))
             r = minimize(self, opt, iterations=iterations, method=method, progress=progress,
                          checkpoint=checkpoint, resume=resume)
             x, its, loss = r.x, r.iterations, r.objective
@@ -359,10 +367,25 @@ class ODEProblem(Problem):
                               "the optimiser stopped early: try another optimizer (lm) or start"))
             se, corr, w = _uncertainty(Jm, loss, names)
             warns += w
+        hess = None
+        if not interrupted and math.isfinite(loss):
+            try:
+                hess = self._hessian_uncertainty(x, method, names, loss, Jm.shape[0] - len(names))
+            except KeyboardInterrupt:
+                interrupted = True
+                status = "interrupted"
+                message = ("interrupted (Ctrl-C) while computing the Hessian at the returned "
+                           "point; the fitted parameters and Gauss–Newton standard errors stand")
+            if hess is not None:
+                warns += hess.pop("warnings")
         report = {"scene": self.name, "data": self._source(), "optimizer": optimizer,
                   "params": self.params.as_dict(x),
                   "std_errors": dict(zip(names, se.tolist())),
                   "correlation": {"names": names, "matrix": corr.tolist()},
+                  "covariance": {"names": names, "matrix": (corr * np.outer(se, se)).tolist()},
+                  "uncertainty_method": ("gauss-newton: covariance s²(JᵀJ)⁻¹, s² = RSS/(#obs − "
+                                         "#free), J the residual Jacobian (forward sensitivities)"),
+                  "hessian_uncertainty": hess,
                   "loss": loss, "objective": loss, "iterations": its, "status": status,
                   "success": status == "converged", "message": message,
                   "criterion": (f"Gauss–Newton predicted decrease ≤ {GN_RTOL:g}·objective, or "
@@ -371,6 +394,51 @@ class ODEProblem(Problem):
         if plots and out is not None and not interrupted:
             report["plots"] = [str(self._plot_fit(x, pathlib.Path(out)))]
         return report
+
+    def gauss_newton_hessian(self, x):
+        """2JᵀJ (k, k) over the optimisable parameters at ``x``: the Gauss–Newton
+        approximation of the Hessian of Σr² (J: residual Jacobian from forward
+        sensitivities, unobserved values left out). Used by optimizer "gauss-newton"."""
+        J = self.residual_jacobian(self._as_x(x))[np.isfinite(self.data).ravel()]
+        return 2.0 * J.T @ J
+
+    def _hessian_uncertainty(self, x, method, names, rss, dof):
+        """Uncertainty from the full Hessian H of the objective L = Σr² at ``x`` (not the
+        Gauss–Newton 2JᵀJ, which drops the residuals' curvature Σ r·∇²r):
+        covariance 2s²H⁻¹ with s² = RSS/dof (equal to s²(JᵀJ)⁻¹ when the residuals'
+        curvature term vanishes), standard errors, correlation, H's eigenvalues and its
+        estimated error. H by :func:`diffsim.hessian.hessian` (central differences of
+        exact gradients). None beyond MAX_DENSE parameters; NaN with a warning when H is
+        not positive definite (not a minimum) or dof <= 0."""
+        from ..hessian import MAX_DENSE, hessian
+        k = len(names)
+        if k > MAX_DENSE:
+            return None
+        h = hessian(self, x, method, names=names)
+        nan = np.full(k, np.nan)
+        out = {"method": h.method, "gradient_method": h.gradient_method,
+               "formula": "covariance 2·s²·H⁻¹, H the Hessian of the objective Σr², s² = RSS/(#obs − #free)",
+               "hessian": h.matrix.tolist(), "hessian_max_error": float(np.max(h.error)),
+               "eigenvalues": h.eigenvalues.tolist(), "std_errors": dict(zip(names, nan.tolist())),
+               "correlation": {"names": names, "matrix": np.full((k, k), np.nan).tolist()},
+               "covariance": {"names": names, "matrix": np.full((k, k), np.nan).tolist()},
+               "note": h.note, "warnings": []}
+        if not h.eigenvalues[0] > np.max(h.error) * k:
+            out["warnings"].append(
+                f"the Hessian at the returned point is not positive definite (smallest "
+                f"eigenvalue {h.eigenvalues[0]:.3g}, estimated error {np.max(h.error):.2g}): not a "
+                "strict minimum; Hessian standard errors are NaN")
+            return out
+        if dof <= 0:
+            return out      # _uncertainty has said so for the Gauss–Newton ones
+        d = np.sqrt(np.diag(h.matrix))
+        inv = np.linalg.inv(h.matrix / np.outer(d, d)) / np.outer(d, d)
+        cov = 2.0 * rss / dof * inv
+        sd = np.sqrt(np.diag(cov))
+        out.update(std_errors=dict(zip(names, sd.tolist())),
+                   correlation={"names": names, "matrix": (cov / np.outer(sd, sd)).tolist()},
+                   covariance={"names": names, "matrix": cov.tolist()})
+        return out
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
@@ -434,12 +502,21 @@ class ODEProblem(Problem):
         lines = [f"{r['scene']}: fit to {r.get('data', '')} with {r['optimizer']}",
                  f"status: {r['message']}",
                  f"loss = {r['loss']:.6g} after {r['iterations']} evaluations", "parameters:"]
+        hu = r.get("hessian_uncertainty") or {}
+        hse = hu.get("std_errors", {})
         for n, v in r["params"].items():
             se = r["std_errors"].get(n)
             tail = ("  (fixed)" if n not in names else
                     f"  ± {se:.3g} (std. error)" if se is not None and math.isfinite(se) else
                     "  ± n/a")
+            h = hse.get(n)
+            if h is not None and math.isfinite(h):
+                tail += f"; Hessian: ± {h:.3g}"
             lines.append(f"  {n:<{w}} = {v:.10g}{tail}")
+        if any(math.isfinite(v) for v in r["std_errors"].values()):
+            lines.append("standard errors from Gauss–Newton s²(JᵀJ)⁻¹"
+                         + ("; 'Hessian:' from 2s²H⁻¹ with H by central differences of exact "
+                            "gradients" if hse else ""))
         C = np.array(r["correlation"]["matrix"], dtype=float)
         if len(names) > 1 and np.all(np.isfinite(C)):
             pairs = sorted(((abs(C[i, j]), i, j) for i in range(len(names))
