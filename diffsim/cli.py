@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     def method(sp):
-        sp.add_argument("--method", default=None, choices=["discrete", "adjoint", "forward", "fd"],
+        from .gradients import METHOD_NAMES  # the one registry of gradient methods
+        sp.add_argument("--method", default=None, choices=list(METHOD_NAMES),
                         help="gradient method (default: the scene's)")
 
     def outputs(sp):

@@ -174,7 +174,7 @@ def gradcheck(problem, x=None, method=None, *, names=None, rtol=None, atol=None,
     if err_est is not None:
         note += ("\n" if note else "") + (f"the {method} gradient approximates the continuous "
                                           "problem's; the allowance is its estimated discretisation error")
-    return CheckReport(method, float(f), rows, rtol, atol, mode, prec, note)
+    return CheckReport(str(method), float(f), rows, rtol, atol, mode, prec, note)
 
 
 def _base_step(precision):

@@ -2,8 +2,8 @@
 
 Every scene builds a :class:`Problem`; every verb (grad, check, optimize, fit,
 sensitivity) works on one. Subclasses implement ``_objective(x)`` and
-``_gradient(x, method)`` for the methods they support; ``fd`` (central finite
-differences) is provided here for all.
+``_value_and_grad(x, method)`` for the methods they support (``method``: an object of
+:mod:`diffsim.gradients`); ``fd`` (central finite differences) is provided here for all.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DiffsimError, GradientError
+from .gradients import METHOD_NAMES, GradientMethod, resolve
 
 
 @dataclasses.dataclass
@@ -76,7 +77,8 @@ class Parameters:
         return {p.name: float(v) for p, v in zip(self.items, x) if p.optimize or not only_free}
 
 
-GRADIENT_METHODS = ("discrete", "adjoint", "forward", "fd")
+#: names of the gradient methods (diffsim.gradients.REGISTRY), kept for older imports
+GRADIENT_METHODS = METHOD_NAMES
 
 
 class Problem:
@@ -84,7 +86,8 @@ class Problem:
 
     ``value_and_grad(x, method)`` returns (objective, gradient over all parameters).
     Subclasses set ``self.params`` and implement ``_objective`` and
-    ``_value_and_grad``; ``methods`` lists the gradient methods they support.
+    ``_value_and_grad(x, method)`` (``method`` a :class:`diffsim.gradients.GradientMethod`,
+    equal to its name); ``methods`` lists the names of the methods they support.
     """
 
     name = "problem"
@@ -99,7 +102,7 @@ class Problem:
     def _objective(self, x: np.ndarray) -> float:
         raise NotImplementedError
 
-    def _value_and_grad(self, x: np.ndarray, method: str) -> tuple[float, np.ndarray]:
+    def _value_and_grad(self, x: np.ndarray, method: GradientMethod) -> tuple[float, np.ndarray]:
         raise NotImplementedError
 
     # -- public ----------------------------------------------------------------------
@@ -113,23 +116,18 @@ class Problem:
         f = float(self._objective(x))
         return f
 
-    def value_and_grad(self, x=None, method: str | None = None):
+    def value_and_grad(self, x=None, method: GradientMethod | str | None = None):
         """(objective, d objective / d x) at ``x`` by ``method``.
 
-        method: "discrete" (reverse mode through the solver's steps), "adjoint",
-        "forward" or "fd" (central differences); see ``self.methods``.
+        method: a :mod:`diffsim.gradients` object (``Discrete()``, ``Forward()``,
+        ``Adjoint(kind=...)``, ``FiniteDifferences(step=...)``) or its name ("discrete",
+        "forward", "adjoint", "fd"); None: ``self.default_method``. See ``self.methods``.
         """
         x = self._as_x(x)
-        method = method or self.default_method
-        if method not in GRADIENT_METHODS:
-            raise DiffsimError(f"method={method!r} is not a gradient method; use one of "
-                               f"{', '.join(GRADIENT_METHODS)}")
-        if method not in self.methods:
-            raise DiffsimError(f"method={method!r} is not available for {self.name}; "
-                               f"it supports {', '.join(self.methods)}")
+        method = self.resolve_method(method)
         if method == "fd":
             f = self.objective(x)
-            return f, self.fd_gradient(x)
+            return f, self.fd_gradient(x, step=method.step)
         f, g = self._value_and_grad(x, method)
         g = np.asarray(g, dtype=np.float64)
         if not np.all(np.isfinite(g)):
@@ -137,6 +135,15 @@ class Problem:
             raise GradientError(f"the {method} gradient is NaN/inf for {', '.join(bad)} at "
                                 f"{self.params.as_dict(x)}")
         return float(f), g
+
+    def resolve_method(self, method) -> GradientMethod:
+        """The GradientMethod object for ``method`` (object, name or None for the
+        default); DiffsimError when it is unknown or this problem does not offer it."""
+        m = resolve(method or self.default_method)
+        if m.name not in self.methods:
+            raise DiffsimError(f"method={m.name!r} is not available for {self.name}; "
+                               f"it supports {', '.join(self.methods)}")
+        return m
 
     def gradient_error(self, x, method) -> np.ndarray | None:
         """Expected |gradient by ``method`` − exact gradient of the discretised objective|

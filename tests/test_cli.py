@@ -55,7 +55,7 @@ def test_optimize_unreachable_exits_1(capsys, tmp_path):
 
 
 def test_bad_method_and_arguments_exit_2(capsys):
-    assert main(["grad", "cannon", "--method", "adjoint"]) == 2
+    assert main(["grad", "spring_triangle", "--method", "adjoint"]) == 2   # not offered there
     assert "adjoint" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["optimize", "cannon", "--iterations", "0"])

@@ -34,30 +34,19 @@ Every per-step matrix is assembled vectorised in numpy; the time recursions run 
 forward-only Taichi kernels (forward sensitivities and the discrete adjoint: matrix
 recursions; the continuous adjoint: a stage kernel per tableau).
 """
-import dataclasses
 
 import numpy as np
 from ..backend import ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
+from ..gradients import Adjoint  # noqa: F401 (re-exported by diffsim.ode)
 from .pointwise import PointJacobian
 from .solvers import RK4, Dopri5
 
 
-@dataclasses.dataclass(frozen=True)
-class Adjoint:
-    """Options of ``gradient="adjoint"``: kind "checkpointed" (default) or "backsolve".
-
-    Checkpoint spacing is ``solve(max_fused=...)``: K = ceil(N / max_fused) segments."""
-
-    kind: str = "checkpointed"
-
-    def __post_init__(self):
-        if self.kind not in ("checkpointed", "backsolve"):
-            raise DiffsimError(f"Adjoint(kind={self.kind!r}) is not known; use 'checkpointed' "
-                               "(recompute forward per segment) or 'backsolve' (integrate the "
-                               "state backwards)")
+# Adjoint (kind "checkpointed" | "backsolve") is the one gradient-method object of
+# diffsim.gradients; imported here so diffsim.ode.Adjoint stays where it was.
 
 
 # -- the two time recursions ----------------------------------------------------------

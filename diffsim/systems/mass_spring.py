@@ -49,6 +49,7 @@ from ..backend import ti
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from .bodies import Body, check_body, zero_length_springs
+from .projectile import tangent_mode
 
 CONTROLLERS = ("none", "neural", "sine", "sequence")
 OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
@@ -86,7 +87,9 @@ def field_bytes(n_masses, n_springs, n_actuated, *, batch, steps, controller="no
         largest = max(largest, B * P * A)
     plain = 2 + 2 * N + 2 * (T + 1) * N + 2
     ints = 3 * S1 + N
-    return real_bytes * (2 * grad + plain) + 4 * ints, largest
+    # every differentiable field holds a value, a gradient (reverse mode) and a dual
+    # (forward mode, MassSpring.forward_tangent)
+    return real_bytes * (3 * grad + plain) + 4 * ints, largest
 
 
 class MassSpring(runtime.RuntimeBound):
@@ -148,7 +151,8 @@ class MassSpring(runtime.RuntimeBound):
     def _alloc(self):
         r, B, T, N, S = self.real, self.B, self.T, self.N, self.S
         A = max(self.A, 1)
-        f = lambda shape, grad=True: ti.field(r, shape, needs_grad=grad)
+        # needs_dual: forward-mode (tangent) sweeps, see forward_tangent()
+        f = lambda shape, grad=True: ti.field(r, shape, needs_grad=grad, needs_dual=grad)
         self.xs, self.ys, self.vxs, self.vys = (f((B, T + 1, N)) for _ in range(4))
         self.fx, self.fy = f((B, T, N)), f((B, T, N))
         self.cx, self.cy = f((B, T)), f((B, T))
@@ -453,6 +457,16 @@ class MassSpring(runtime.RuntimeBound):
                     upre[I_] = 0.0
 
         @ti.kernel
+        def clear_duals():
+            # Taichi's forward mode turns every store into a field into an *addition* to its
+            # dual (ti.ad.FwdMode clears all duals on entry for that reason; measured: without
+            # this, each sweep's tangent added to the last's), so a tangent sweep starts
+            # with every dual it writes at zero.
+            for f in ti.static(zero):
+                for I_ in ti.grouped(f):
+                    f.dual[I_] = 0.0
+
+        @ti.kernel
         def clear_grads():
             for f in ti.static(zero):
                 for I_ in ti.grouped(f):
@@ -475,7 +489,7 @@ class MassSpring(runtime.RuntimeBound):
                 reach[None] = m
 
         self._k = dict(start=start, step=step, objective=objective, final_reach=final_reach,
-                       clear_values=clear_values, clear_grads=clear_grads)
+                       clear_values=clear_values, clear_grads=clear_grads, clear_duals=clear_duals)
 
     # -- running -------------------------------------------------------------------------
     def forward(self, objective="distance") -> float:
@@ -494,10 +508,17 @@ class MassSpring(runtime.RuntimeBound):
         self._objective = objective
         self._forward_done = True
         val = float(self.loss[None])
+        self._check_blow_up(val)
+        return val
+
+    def _check_blow_up(self, val):
+        """SimulationError when the objective ``val`` of the last pass is not finite or a
+        mass ended absurdly far away."""
         if not math.isfinite(val):
             raise SimulationError(self._blow_up_message(val))
         # An explicit step that is unstable can grow without overflowing (1e119 m seen for a
         # 20×20 cloth at dt = 2 ms): refuse positions a million times beyond the start.
+        k = self._k
         k["final_reach"]()
         reach = float(self.reach[None])
         limit = 1e6 * (1.0 + float(np.abs(self.body.x).max()))
@@ -506,7 +527,6 @@ class MassSpring(runtime.RuntimeBound):
                 f"the mass-spring simulation blew up: a mass ended {reach:.3g} m from the origin "
                 f"(started within {limit / 1e6 - 1:.3g} m); dt={self.dt} s is probably too large for "
                 "the stiffness, damping and masses; lower sim.dt (and raise sim.steps) or the stiffness")
-        return val
 
     def _blow_up_message(self, val):
         """Why the objective is not finite: a spring that reached zero length (its
@@ -550,6 +570,49 @@ class MassSpring(runtime.RuntimeBound):
         for n in SPRING_PARAMS:
             out[n] = out[n][:, :self.S]
         return out
+
+    def forward_tangent(self, objective, entries):
+        """Forward-mode derivatives (the ``Forward`` gradient method): for each
+        ``(name, index)`` in ``entries`` (index into the parameter's array, batch axis
+        first), d objective / d p[name][index] by one tangent sweep through the same
+        kernels as :meth:`forward`, compiled by Taichi's forward-mode AD (dual fields):
+        ground contacts are differentiated exactly as :meth:`backward` does, and the
+        results equal backward()'s to round-off. Returns (objective, array (len(entries),)).
+        Cost: one sweep (≈ 1-2 forward passes) per entry, so reverse mode is the method
+        for many parameters. Leaves the forward pass's values as forward() does."""
+        self._check_runtime()
+        if objective not in OBJECTIVES:
+            raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
+        k = self._k
+        out = np.zeros(len(entries))
+        val = None
+        try:
+            for e, (name, index) in enumerate(entries):
+                fld = self.p[name]
+                seed = np.zeros(fld.shape, dtype=self.np_real)
+                seed[index] = 1.0
+                fld.dual.from_numpy(seed)    # outside FwdMode: a plain copy
+                k["clear_values"]()
+                k["clear_duals"]()     # every dual a sweep writes (see clear_duals)
+                with tangent_mode(self.loss):
+                    k["start"]()
+                    step = k["step"]
+                    for t in range(self.T):
+                        step(t)
+                    k["objective"](objective)
+                    # read inside: leaving FwdMode zeroes the dual of the field it was given
+                    out[e] = float(self.loss.dual[None])
+                fld.dual.fill(0.0)
+                val = float(self.loss[None])
+        finally:
+            self._forward_done = False
+        if val is None:
+            val = self.forward(objective)
+        else:
+            self._check_blow_up(val)
+        self._objective = objective
+        self._forward_done = True
+        return val, out
 
     def trajectory(self) -> np.ndarray:
         """Positions after :meth:`forward`: shape (B, steps + 1, N, 2) [m]."""

@@ -68,6 +68,29 @@ MIN_STEPS_PER_ARC = 16
 SERIAL_MAX_BATCH = 64
 
 
+def tangent_mode(field):
+    """Context in which every Taichi kernel launched runs in forward (tangent) mode,
+    propagating the ``.dual`` of fields made with ``needs_dual=True`` from the duals
+    the caller seeded beforehand. ``field``: any 0-D dual field (ti.ad.FwdMode wants
+    a loss and a parameter; it zeroes this one's dual on entry and exit). FwdMode's own
+    seeding handles only 1-D parameters (taichi-notes 22), so callers seed with
+    ``x.dual.from_numpy`` before entering (a copy inside the context would itself run
+    in forward mode)."""
+    return _TangentMode(loss=field, param=field, seed=[0.0], clear_gradients=False)
+
+
+class _TangentMode(ti.ad.FwdMode):
+    """ti.ad.FwdMode that restores every kernel's mode on exit. Taichi 1.7.4's restores
+    modes in call order, so a kernel launched twice inside the context got its second
+    recorded mode (FORWARD) back and ran in forward mode ever after (measured: a later
+    trace kernel then failed to compile)."""
+
+    def recover_kernels(self):
+        for call, mode in reversed(list(zip(self.calls, self.modes))):
+            call.autodiff_mode = mode
+        self.kernels_recovered = True
+
+
 class Projectile(runtime.RuntimeBound):
     """B projectiles integrated together; gradients of a scalar objective by reverse AD.
 
@@ -118,13 +141,17 @@ class Projectile(runtime.RuntimeBound):
         B, K = self.B, len(self.segs)
         # Inputs and outputs are packed in one 2-D field each, so moving them between
         # numpy and Taichi costs one copy (a kernel launch) instead of one per name.
-        self.inp = ti.field(real, (len(INPUTS), B), needs_grad=True)
-        self.out = ti.field(real, (len(OUTPUTS), B), needs_grad=True)
-        self.state = [ti.field(real, (K + 1, B), needs_grad=True) for _ in range(6)]
+        # needs_dual: forward-mode (tangent) sweeps, see forward_tangent()
+        self.inp = ti.field(real, (len(INPUTS), B), needs_grad=True, needs_dual=True)
+        self.out = ti.field(real, (len(OUTPUTS), B), needs_grad=True, needs_dual=True)
+        self.state = [ti.field(real, (K + 1, B), needs_grad=True, needs_dual=True) for _ in range(6)]
         self.alive = ti.field(ti.i32, (K + 1, B))
         self.nbounce = ti.field(ti.i32, (K + 1, B))
         self.weight = ti.field(real, B)
-        self.loss = ti.field(real, (), needs_grad=True)
+        self.loss = ti.field(real, (), needs_grad=True, needs_dual=True)
+        # each cannon's term of the loss, written by the forward-only end_fwd: its dual is
+        # d term_b / d seed, per cannon, in a forward-mode sweep
+        self.loss_b = ti.field(real, B, needs_dual=True)
         self._traj = None
         self._dummy = ti.Vector.field(3, real, (1, 1))
         # Host copies: the inputs as last set (set_inputs is the only writer of inp), and
@@ -145,11 +172,12 @@ class Projectile(runtime.RuntimeBound):
 
     @staticmethod
     def nbytes(batch, steps, real_bytes=8):
-        """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values and
-        gradients; the trajectory of :meth:`trace` is extra: (steps+1)·batch·3 reals)."""
+        """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values,
+        gradients and forward-mode duals; the trajectory of :meth:`trace` /
+        :meth:`record_states` is extra: (steps+1)·batch·6 reals)."""
         k = -(-int(steps) // runtime.MAX_FUSED_STEPS)
-        per_cannon = 2 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
-        return float(batch) * (per_cannon + real_bytes)
+        per_cannon = 3 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
+        return float(batch) * (per_cannon + 3 * real_bytes)   # + weight, loss_b and its dual
 
     # -- kernels ---------------------------------------------------------------------
     def _compile(self):
@@ -157,6 +185,7 @@ class Projectile(runtime.RuntimeBound):
         integ = self.integrator
         inp, out_f, S = self.inp, self.out, self.state
         alive, nb, loss, weight = self.alive, self.nbounce, self.loss, self.weight
+        loss_b = self.loss_b
         max_bounce = self.bounces
         B = self.B
         serial = self.serial
@@ -267,7 +296,10 @@ class Projectile(runtime.RuntimeBound):
 
         @ti.kernel
         def segment(k: ti.i32, t0: ti.i32, n: ti.i32, dt: ti.template(),
-                    traj: ti.template(), record: ti.template()):
+                    traj: ti.template(), record: ti.template(), events: ti.template()):
+            # record (forward only, trace/record_states): traj[t, b] = the 6 state
+            # components at every step, events[j, b] = (global step index, fraction s,
+            # state just before impact j (6), just after it (6); after a landing: at rest)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 px, py, pz = S[0][k, b], S[1][k, b], S[2][k, b]
@@ -320,15 +352,26 @@ class Projectile(runtime.RuntimeBound):
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
                                 nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
                                 nvx, nvy, nvz = q2[3], q2[4], q2[5]
+                                if ti.static(record):
+                                    events[bounced, b] = ti.Vector([
+                                        t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
+                                        ix, 0.0, iz, ivx, -e * ivy, ivz])
                                 bounced += 1
                             else:
+                                if ti.static(record):
+                                    jvy = vy + s * (nvy - vy)
+                                    if ti.static(integ == "rk4"):
+                                        jvy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                                    events[bounced, b] = ti.Vector([
+                                        t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
+                                        ix, 0.0, iz, 0.0, 0.0, 0.0])
                                 lx, lz, lt = ix, iz, (t0 + i + s) * dt
                                 nx, ny, nz = ix, 0.0, iz
                                 nvx, nvy, nvz = 0.0, 0.0, 0.0
                                 live = 0
                         px, py, pz, vx, vy, vz = nx, ny, nz, nvx, nvy, nvz
                     if ti.static(record):
-                        traj[t0 + i + 1, b] = ti.Vector([px, py, pz])
+                        traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
                 S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
                 S[3][k + 1, b], S[4][k + 1, b], S[5][k + 1, b] = vx, vy, vz
                 alive[k + 1, b], nb[k + 1, b] = live, bounced
@@ -364,7 +407,9 @@ class Projectile(runtime.RuntimeBound):
                     val = dx
             else:
                 val = out_f[O_LAND_T, b]
-            loss[None] += sign * weight[b] * val
+            term = sign * weight[b] * val
+            loss[None] += term
+            return term
 
         @ti.kernel
         def end(kind: ti.i32, sign: ti.template()):
@@ -380,18 +425,59 @@ class Projectile(runtime.RuntimeBound):
         @ti.kernel
         def end_fwd(kind: ti.i32, sign: ti.template(), res: ti.types.ndarray(dtype=ti.f64, ndim=2)):
             """Forward only: what ``end`` computes, and in the same launch a host copy
-            into ``res``: rows land_x, land_z, land_t, alive, bounces, then res[5, 0] =
-            loss (one launch instead of a to_numpy and a field read each)."""
+            into ``res`` (copy_one; one launch instead of a to_numpy and a field read
+            each)."""
             ti.loop_config(serialize=serial)
             for b in range(B):
                 finish_one(b)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 objective_one(b, kind, sign)
+                copy_one(b, res)
+            res[R_LOSS, 0] = loss[None]
+
+        @ti.func
+        def copy_one(b, res: ti.template()):
+            # rows land_x, land_z, land_t, alive, bounces; res[R_LOSS, 0] = loss
+            for j in ti.static(range(len(OUTPUTS))):
+                res[j, b] = out_f[j, b]
+            res[R_ALIVE, b] = ti.cast(alive[K, b], ti.f64)
+            res[R_BOUNCES, b] = ti.cast(nb[K, b], ti.f64)
+
+        @ti.kernel
+        def end_tangent(kind: ti.i32, sign: ti.template()):
+            """What ``end`` computes, and each cannon's term of the loss into loss_b: run in
+            forward (tangent) mode by forward_tangent (an ndarray argument, as end_fwd's,
+            does not compile in forward mode)."""
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                finish_one(b)
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                loss_b[b] = objective_one(b, kind, sign)
+
+        @ti.kernel
+        def clear_duals():
+            """Zero every dual a tangent sweep writes (outputs, loss, states): Taichi's
+            forward mode turns each store into a field into an *addition* to its dual
+            (ti.ad.FwdMode clears all duals on entry for that reason; measured: without
+            this, each sweep's tangent added to the last's)."""
+            loss.dual[None] = 0.0
+            ti.loop_config(serialize=serial)
+            for b in range(B):
                 for j in ti.static(range(len(OUTPUTS))):
-                    res[j, b] = out_f[j, b]
-                res[R_ALIVE, b] = ti.cast(alive[K, b], ti.f64)
-                res[R_BOUNCES, b] = ti.cast(nb[K, b], ti.f64)
+                    out_f.dual[j, b] = 0.0
+                loss_b.dual[b] = 0.0
+                for kk in range(K + 1):
+                    for f in ti.static(S):
+                        f.dual[kk, b] = 0.0
+
+        @ti.kernel
+        def copy_out(res: ti.types.ndarray(dtype=ti.f64, ndim=2)):
+            """Forward only: end_fwd's host copy, after a tangent sweep."""
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                copy_one(b, res)
             res[R_LOSS, 0] = loss[None]
 
         @ti.func
@@ -424,7 +510,8 @@ class Projectile(runtime.RuntimeBound):
                 clear_grads(b)
 
         self._k = dict(launch=launch, start=start, segment=segment, end=end, end_fwd=end_fwd,
-                       clear=clear, take_grad=take_grad)
+                       end_tangent=end_tangent, copy_out=copy_out,
+                       clear_duals=clear_duals, clear=clear, take_grad=take_grad)
 
 
     # -- inputs / outputs ------------------------------------------------------------
@@ -480,16 +567,27 @@ class Projectile(runtime.RuntimeBound):
         self._forward_version = self._version
         return val
 
-    def _sweep(self, factor, objective_args):
+    def _sweep(self, factor, objective_args, tangent=False):
         """One forward pass with steps of dt/factor over the horizon; results in self._res.
-        Invalidates the last forward pass's tape (a new one is being written)."""
+        Invalidates the last forward pass's tape (a new one is being written). tangent:
+        run it in forward-mode AD from the seeded duals (forward_tangent)."""
         self._check_stability()
         k = self._k
         self._forward_version = None
         self._summary = None
+        if tangent:
+            k["clear_duals"]()
+            with tangent_mode(self.loss):
+                k["start"]()
+                for i, (t0, n) in enumerate(self.segs):
+                    k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False,
+                                 self._dummy)
+                k["end_tangent"](*objective_args)
+            k["copy_out"](self._res)
+            return
         k["start"]()
         for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False)
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False, self._dummy)
         k["end_fwd"](*objective_args, self._res)
 
     def refined_outputs(self, factor=2):
@@ -590,12 +688,53 @@ class Projectile(runtime.RuntimeBound):
         k["end"].grad(*self._objective_args)
         for i in reversed(range(len(self.segs))):
             t0, n = self.segs[i]
-            k["segment"].grad(i, t0, n, self.dt, self._dummy, False)
+            k["segment"].grad(i, t0, n, self.dt, self._dummy, False, self._dummy)
         k["launch"].grad()
         k["take_grad"](self._grad)
         self._grads_dirty = False
         g = self._grad.copy()
         return {n: g[j] for j, n in enumerate(INPUTS)}
+
+    def forward_tangent(self, inputs, objective="miss", maximize=False, factor=1):
+        """Forward-mode derivatives (the ``Forward`` gradient method): one tangent sweep per
+        name in ``inputs`` through the same kernels as :meth:`forward`, compiled by Taichi's
+        forward-mode AD (dual fields), so impacts, bounces and landings are differentiated
+        exactly as :meth:`backward` does; the results equal backward()'s to round-off.
+
+        Each sweep seeds input row ``name`` of every cannon at once: cannons are
+        independent, so each cannon's own loss term gives its derivative. Returns (batch
+        objective, {name: d objective / d input[name, b], shape (B,)}); the forward pass's
+        outputs are left as :meth:`forward` leaves them (not strict: check
+        horizon_problem/resolution_problem). Cost: len(inputs) forward sweeps of about
+        2× a forward pass each; no tape, so backward() after it refuses. factor: steps of
+        dt/factor (no autodiff stack in forward mode, so finer steps need no new segments;
+        step-doubling error estimates use factor=2)."""
+        self._check_runtime()
+        if objective not in OBJECTIVES:
+            raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
+        bad = [n for n in inputs if n not in INPUTS]
+        if bad:
+            raise DiffsimError(f"unknown projectile input(s) {bad}; known: {', '.join(INPUTS)}")
+        args = (OBJECTIVES.index(objective), -1.0 if maximize else 1.0)
+        seed = np.zeros((len(INPUTS), self.B), dtype=self.np_real)
+        out, val = {}, math.nan
+        try:
+            for name in inputs:
+                j = INPUTS.index(name)
+                seed[j] = 1.0
+                self.inp.dual.from_numpy(seed)   # outside FwdMode: a plain copy
+                seed[j] = 0.0
+                self._sweep(factor, args, tangent=True)
+                out[name] = self.loss_b.dual.to_numpy().astype(np.float64)
+                val = float(self._res[R_LOSS, 0])
+        finally:
+            self.inp.dual.fill(0.0)
+            self._forward_version = None  # no reverse tape: backward() needs forward()
+        if not inputs:
+            self._sweep(factor, args)
+            val = float(self._res[R_LOSS, 0])
+        self._summary = self._res.copy()
+        return val, out
 
     def outputs(self):
         """Landing x, z [m], time [s] per cannon, ``landed`` (False: still flying at the
@@ -620,29 +759,48 @@ class Projectile(runtime.RuntimeBound):
     def trace(self) -> np.ndarray:
         """Positions of every cannon at every step: shape (steps + 1, B, 3), metres
         (x, y up, z). Forward only; after landing a cannon stays at its landing point."""
+        return self.record_states()[0][..., :3]
+
+    def record_states(self, factor=1):
+        """Forward only, with steps of dt/factor: (states (steps·factor + 1, B, 6): x, y, z,
+        vx, vy, vz at every step [m, m/s]; events (bounces + 1, B, 14): per impact j the
+        global step index it happened in (-1: none), its fraction s of that step, the state
+        just before and just after it (after a landing: at rest on the ground)). The
+        continuous adjoint (diffsim.systems.projectile_adjoint) integrates along these.
+        Invalidates the last forward pass's tape."""
         self._check_runtime()
+        if not (isinstance(factor, int) and factor >= 1):
+            raise DiffsimError(f"factor must be a positive integer, got {factor!r}")
         if self._traj is None:
-            runtime.check_memory((self.steps + 1) * self.B * 3 * np.dtype(self.np_real).itemsize,
-                                 what=f"the trajectory of {self.B} cannons × {self.steps} steps",
-                                 key="batch × steps", value=(self.B, self.steps))
-            self._traj = ti.Vector.field(3, self.real, (self.steps + 1, self.B))
-        self._forward_version = None  # trace() overwrites the forward pass's tape
+            self._traj = {}
+        if factor not in self._traj:
+            n = self.steps * factor + 1
+            runtime.check_memory(n * self.B * 6 * np.dtype(self.np_real).itemsize,
+                                 what=f"the trajectory of {self.B} cannons × {n - 1} steps",
+                                 key="batch × steps", value=(self.B, n - 1))
+            self._traj[factor] = (ti.Vector.field(6, self.real, (n, self.B)),
+                                  ti.Vector.field(14, self.real, (self.bounces + 1, self.B)))
+        traj, events = self._traj[factor]
+        self._check_stability()
+        self._forward_version = None  # this overwrites the forward pass's tape
         self._summary = None
         k = self._k
+        events.fill(-1.0)
         k["start"]()
-        self._k_first_row()
+        self._k_first_row(traj)
         for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, t0, n, self.dt, self._traj, True)
-        return self._traj.to_numpy().astype(np.float64)
+            k["segment"](i, factor * t0, factor * n, self.dt / factor, traj, True, events)
+        return traj.to_numpy().astype(np.float64), events.to_numpy().astype(np.float64)
 
-    def _k_first_row(self):
-        S, traj = self.state, self._traj
+    def _k_first_row(self, traj):
+        S = self.state
         if not hasattr(self, "_first_row"):
             B = self.B
 
             @ti.kernel
-            def first_row():
+            def first_row(traj: ti.template()):
                 for b in range(B):
-                    traj[0, b] = ti.Vector([S[0][0, b], S[1][0, b], S[2][0, b]])
+                    traj[0, b] = ti.Vector([S[0][0, b], S[1][0, b], S[2][0, b],
+                                          S[3][0, b], S[4][0, b], S[5][0, b]])
             self._first_row = first_row
-        self._first_row()
+        self._first_row(traj)

@@ -44,6 +44,8 @@ DEFAULT_BOUNDS = {"angle": (0.0, math.pi / 2), "speed": (1.0, 100.0),
                   "gravity": (0.0, 1e3), "drag": (0.0, 10.0), "wind_x": (-100.0, 100.0),
                   "wind_z": (-100.0, 100.0), "restitution": (0.0, 1.0)}
 ALL_PARAMS = LAUNCH_PARAMS + PHYSICS_PARAMS
+#: gradient methods offered (diffsim.gradients), the first the default
+METHODS = ("discrete", "forward", "adjoint", "fd")
 
 
 def _bounds_check(v):
@@ -102,7 +104,7 @@ SCHEMA = {
             "expected a list of parameter names" if not (isinstance(v, list) and all(isinstance(x, str) for x in v))
             else _params_check(v))),
         ("adam", "lbfgs"), optimizer="adam", iterations=300, lr=0.02, decay=0.98, beta2=0.9,
-        methods=("discrete", "fd"), seed=0, bounds=_bounds_check),
+        methods=METHODS, seed=0, bounds=_bounds_check),
 }
 
 
@@ -130,7 +132,7 @@ class CannonProblem(Problem):
     """
 
     name = "cannon"
-    methods = ("discrete", "fd")
+    methods = METHODS
 
     def __init__(self, scene):
         self.scene = scene
@@ -217,6 +219,10 @@ class CannonProblem(Problem):
             idx += 1
         self.sim.set_inputs(**vals)
 
+    def _input_names(self):
+        """The projectile inputs this problem's parameters map to (launch, then physics)."""
+        return list(self._launch_names) + [n for n in PHYSICS_PARAMS if self.dims == 3 or n != "wind_z"]
+
     def _grad_vector(self, gin):
         out = []
         for n in self._launch_names:
@@ -232,13 +238,65 @@ class CannonProblem(Problem):
         return self.sim.forward(self.objective_type, self.maximize, strict=False)
 
     def _value_and_grad(self, x, method):
-        f = self._objective(x)
-        g = self._grad_vector(self.sim.backward())
+        f, g = self._grad_by(x, method)
         o = self.sim.outputs()
         # per-cannon ½·miss² of this evaluation, read once for converged/progress_info
         self._last_miss2 = 0.5 * ((o["land_x"] - self.targets_x) ** 2
                                   + (o["land_z"] - self.targets_z) ** 2)
         return f, g
+
+    def _grad_by(self, x, method, factor=1):
+        """(objective, gradient) by ``method`` with steps of dt/factor (factor > 1: forward
+        and adjoint only, for step doubling)."""
+        if method == "forward":
+            # one tangent sweep per input row (cannons are independent: each sweep gives
+            # every cannon's derivative), events differentiated as backward() does
+            self._load(x)
+            f, gin = self.sim.forward_tangent(self._input_names(), self.objective_type,
+                                              self.maximize, factor=factor)
+        elif method == "adjoint":
+            if method.kind != "checkpointed":
+                raise DiffsimError(
+                    f"Adjoint(kind={method.kind!r}) is not offered for {self.name}: the cannon's "
+                    "adjoint integrates along the recorded forward states (memory O(steps)); "
+                    "integrating the state backwards would have to locate every impact again "
+                    "on a drifting backward state. Use Adjoint() (kind='checkpointed')")
+            from ..systems.projectile_adjoint import continuous_adjoint
+            self._load(x)
+            f, gin = continuous_adjoint(self.sim, self.objective_type, self.maximize, factor=factor)
+        else:
+            f = self._objective(x)
+            gin = self.sim.backward()
+        return f, self._grad_vector(gin)
+
+    def gradient_error(self, x, method):
+        """Expected |g_method − exact gradient of the discretised objective| per parameter
+        (absolute); None for the exact methods (discrete, forward).
+
+        "adjoint": the continuous adjoint g_a approximates the exact ODE's gradient g_c,
+        the discrete gradient g_d differs from g_c by its own discretisation error, so
+        |g_a − g_d| ≤ |g_a − g_c| + |g_d − g_c|. Each term is estimated by step doubling of
+        that method itself: e(dt) ≈ |g(dt) − g(dt/2)|·2^p/(2^p − 1), p the integrator's
+        order (4 for RK4, 3 with bounces, 1 for the Euler methods; g_d at dt/2 by forward
+        mode, which needs no autodiff stack). g_a − g_d itself is never used, so an adjoint
+        wrong by more than its discretisation error fails the check. Returned: 2·(e_a + e_d)
+        (a factor 2 for the asymptotic estimate), plus 1e-9 relative for round-off.
+        Cost: two adjoints and two forward-mode gradients."""
+        method = self.resolve_method(method)
+        if method != "adjoint":
+            return None
+        x = self._as_x(x)
+        p = self._order()
+        rich = 2.0 ** p / (2.0 ** p - 1.0)
+        est = np.zeros(len(x))
+        scale = np.zeros(len(x))
+        for m in (method, "forward"):
+            g1 = self._grad_by(x, self.resolve_method(m))[1]
+            g2 = self._grad_by(x, self.resolve_method(m), factor=2)[1]
+            est += rich * np.abs(g1 - g2)
+            scale = np.maximum(scale, np.abs(g1))
+        self._objective(x)   # leave the simulator at dt, as every other call does
+        return 2.0 * est + 1e-9 * scale
 
     # -- outputs -----------------------------------------------------------------------
     def landing(self, x=None, model_error=False):

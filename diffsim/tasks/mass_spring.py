@@ -225,8 +225,11 @@ class MassSpringProblem(Problem):
     """A mass-spring scene as a Problem: the parameters are the flattened entries of the
     groups in ``optimize.params`` (batch axis first), e.g. ``w1[0,3,2]`` or ``stiffness[0,5]``."""
 
-    methods = ("discrete", "fd")
+    methods = ("discrete", "forward", "fd")
     default_method = "discrete"
+    #: forward mode runs one tangent simulation per parameter: refused above this many
+    #: (a robot's ~1,500 controller weights would cost ~1,500 simulations per gradient)
+    max_forward_params = 256
 
     def __init__(self, sc):
         self.scene, self.name = sc, sc.name
@@ -288,6 +291,16 @@ class MassSpringProblem(Problem):
 
     def _value_and_grad(self, x, method):
         self._load(x)
+        if method == "forward":
+            n = len(x)
+            if n > self.max_forward_params:
+                raise DiffsimError(
+                    f"{self.name}: forward mode costs one tangent simulation per parameter, here "
+                    f"{n} (optimize.params = {self.scene['optimize']['params']}), more than the "
+                    f"{self.max_forward_params} it is offered for; use --method discrete (one "
+                    "reverse pass gives every parameter) or optimise fewer parameters")
+            entries = [(name, idx) for name, _, _, shape in self._slices for idx in np.ndindex(shape)]
+            return self.sim.forward_tangent(self.objective_kind, entries)
         f = self.sim.forward(self.objective_kind)
         g = self.sim.backward()
         return f, np.concatenate([g[name].ravel() for name, *_ in self._slices])
