@@ -76,19 +76,26 @@ def tangent_mode(field):
     seeding handles only 1-D parameters (taichi-notes 22), so callers seed with
     ``x.dual.from_numpy`` before entering (a copy inside the context would itself run
     in forward mode)."""
-    return _TangentMode(loss=field, param=field, seed=[0.0], clear_gradients=False)
+    return _tangent_mode_class()(loss=field, param=field, seed=[0.0], clear_gradients=False)
 
 
-class _TangentMode(ti.ad.FwdMode):
+_TANGENT_MODE = {}
+
+
+def _tangent_mode_class():
     """ti.ad.FwdMode that restores every kernel's mode on exit. Taichi 1.7.4's restores
     modes in call order, so a kernel launched twice inside the context got its second
     recorded mode (FORWARD) back and ran in forward mode ever after (measured: a later
-    trace kernel then failed to compile)."""
-
-    def recover_kernels(self):
-        for call, mode in reversed(list(zip(self.calls, self.modes))):
-            call.autodiff_mode = mode
-        self.kernels_recovered = True
+    trace kernel then failed to compile). Made on first use: subclassing at import would
+    fix the backend before ``diffsim.init(backend=...)`` could choose it."""
+    if "cls" not in _TANGENT_MODE:
+        class _TangentMode(ti.ad.FwdMode):
+            def recover_kernels(self):
+                for call, mode in reversed(list(zip(self.calls, self.modes))):
+                    call.autodiff_mode = mode
+                self.kernels_recovered = True
+        _TANGENT_MODE["cls"] = _TangentMode
+    return _TANGENT_MODE["cls"]
 
 
 class Projectile(runtime.RuntimeBound):
