@@ -231,9 +231,9 @@ class Spec:
     free: list               # optimisable parameter names (optimize: their optima)
     warnings: bool = True
 
-    def cache_key(self, scene_overrides: dict) -> str:
-        blob = json.dumps([self.scene.data, sorted(scene_overrides.items(), key=str),
-                           self.arch, self.precision], sort_keys=True, default=repr)
+    def cache_key(self, scene) -> str:
+        """Problems are shared between points whose scenes are equal after overrides."""
+        blob = json.dumps([scene.data, self.arch, self.precision], sort_keys=True, default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()
 
 
@@ -292,11 +292,12 @@ def _problem(spec: Spec, scene_overrides: dict):
     from . import runtime
     from .scene import build
     runtime.init(arch=spec.arch, precision=spec.precision)
-    key = spec.cache_key(scene_overrides)
+    sc = scene_with(spec.scene, scene_overrides)
+    key = spec.cache_key(sc)
     if key in _CACHE:
         _CACHE[key] = _CACHE.pop(key)      # most recently used last
         return _CACHE[key]
-    pb = build(scene_with(spec.scene, scene_overrides))
+    pb = build(sc)
     _CACHE[key] = (pb, _snapshot(pb))
     while len(_CACHE) > _MAX_CACHED:
         _CACHE.pop(next(iter(_CACHE)))
@@ -371,8 +372,8 @@ def _evaluate(spec: Spec, point: dict, worker: str, problem=None) -> dict:
             r = pb.run_optimization(iterations=spec.iterations, method=spec.method,
                                     seed=spec.seed, out=None, progress=False, plots=False)
             row.update(status=str(r.get("status")), objective=float(r.get("objective", math.nan)))
-            if r.get("status") not in ("converged", "completed") and r.get("message"):
-                row["error"] = str(r["message"])
+            if r.get("message"):
+                row["message"] = str(r["message"])
             ws = list(r.get("warnings", []))
             row.update(_flatten(r))
             xs = r.get("params", {})
@@ -386,7 +387,10 @@ def _evaluate(spec: Spec, point: dict, worker: str, problem=None) -> dict:
     except Exception as e:             # a defect or a Taichi error: record it, drop the
         fail = f"{type(e).__name__}: {e}"   # Problem (its state may be broken)
         if problem is None:
-            _CACHE.pop(spec.cache_key(point["scene"]), None)
+            try:
+                _CACHE.pop(spec.cache_key(scene_with(spec.scene, point["scene"])), None)
+            except DiffsimError:
+                pass
     if fail is not None:
         row = {k: v for k, v in row.items() if k in ("point", *point["inputs"], *point.get("start", {}))}
         row.update(status="failed", objective=math.nan, error=fail)
@@ -406,11 +410,16 @@ def run_chunk(spec: Spec, points: list) -> list:
         return [_evaluate(spec, p, worker) for p in points]
 
 
+#: set in a process that starts a cluster; a worker forked from it would inherit it
+_STARTED_CLUSTER_IN = None
+
+
 def _worker_state():
-    """(pid, whether Taichi is imported, start method) of a worker process: the tests
-    check that workers are spawned fresh, not forked with the client's Taichi."""
-    import multiprocessing
-    return os.getpid(), "taichi" in sys.modules, multiprocessing.current_process().name
+    """(pid, the inherited start mark, Taichi runtimes initialised by diffsim) of a worker
+    process: a spawned worker has no mark (a forked one would carry the client's) and,
+    before its first point, no runtime."""
+    from . import runtime
+    return os.getpid(), _STARTED_CLUSTER_IN, runtime._generation
 
 
 # -- results: journal and table ---------------------------------------------------------------
@@ -560,6 +569,8 @@ def local_cluster(workers: int):
     import logging
     import dask
     from distributed import Client, LocalCluster
+    global _STARTED_CLUSTER_IN
+    _STARTED_CLUSTER_IN = os.getpid()
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn",
                           "distributed.scheduler.worker-ttl": None}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
