@@ -182,6 +182,7 @@ def test_plots_and_numpy_table(tmp_path, monkeypatch):
 def test_killed_worker_loses_no_point(client, tmp_path):
     """SIGKILL one worker while the sweep runs: its points run elsewhere, none is lost."""
     grid = ["wind_x=-10:10:30", "angle=0.2:1.0:10"]
+    serial = sw.sweep("cannon", grid)         # also builds the scene in this process
     pids = client.run(os.getpid)
     victim_addr, victim = next(iter(pids.items()))
     res = {}
@@ -196,10 +197,11 @@ def test_killed_worker_loses_no_point(client, tmp_path):
     th.start()
     journal = tmp_path / sw.JOURNAL
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 60:
+    while time.monotonic() - t0 < 60 and th.is_alive():
         if journal.exists() and len(journal.read_text().splitlines()) > 20:
             break
         time.sleep(0.005)
+    assert th.is_alive(), res.get("error")
     done_at_kill = len(journal.read_text().splitlines()) - 1
     os.kill(victim, signal.SIGKILL)
     th.join(120)
@@ -210,4 +212,4 @@ def test_killed_worker_loses_no_point(client, tmp_path):
     assert victim_addr in set(t.worker)       # it did work before it died
     lines = journal.read_text().splitlines()[1:]
     assert sorted(json.loads(r)["point"] for r in lines) == list(range(300))
-    _same(sw.sweep("cannon", grid), t)
+    _same(serial, t)
