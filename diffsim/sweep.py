@@ -715,6 +715,7 @@ def sweep(problem_or_scene, grid=None, client=None, *, evaluation="grad", random
         pb_local = _problem(Spec(sc, evaluation, method, iterations, seed, arch, precision, [], []), {})
     else:
         pb_local = (given_pb, _snapshot(given_pb))
+    _restore(*pb_local)      # an earlier sweep's optimisations may have narrowed bounds
     params = pb_local[0].params
 
     def items(g, parse):
@@ -832,8 +833,7 @@ def sweep(problem_or_scene, grid=None, client=None, *, evaluation="grad", random
         bar.close()
         if journal:
             journal.close()
-        if given_pb is not None:
-            _restore(*pb_local)
+        _restore(*pb_local)
         if own is not None:
             _close(own)
     report["seconds"] = time.perf_counter() - t0

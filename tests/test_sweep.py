@@ -83,9 +83,13 @@ def test_multistart_distributed_equals_serial(client):
     _same(serial, dist)
     # both arcs found: starts go to different optima
     assert serial["opt.angle"].round(2).nunique() >= 2
-    # and reversing the order of the points in one process changes nothing
+    # and running them again in the same process changes nothing
     again = sw.sweep("cannon", None, **MULTI)
     _same(serial, again)
+    # the optimisations narrowed this process's Problem's angle bounds to an arc while
+    # they ran; the next sweep sees the scene's bounds again
+    t = sw.sweep("cannon", ["angle=1.2"], overrides=MULTI["overrides"])
+    assert list(t.status) == ["ok"]
 
 
 def test_resume_runs_only_missing_points(tmp_path, monkeypatch):
