@@ -13,7 +13,9 @@ import argparse
 import os
 import time
 
-from diffsim import sweep as sw
+import importlib
+
+sw = importlib.import_module("diffsim.sweep")   # the module; diffsim.sweep is the function
 
 
 def grid(points):

@@ -181,8 +181,8 @@ def cmd_sensitivity(args):
 
 def cmd_sweep(args):
     """`diffsim sweep`: a grid / random / multi-start sweep; the table and plots in --out."""
-    from . import runtime
-    from . import sweep as sw
+    import importlib
+    sw = importlib.import_module("diffsim.sweep")   # the module (diffsim.sweep is the function)
     if args.workers is not None and args.workers < 0:
         raise DiffsimError(f"--workers must be 0 (in-process loop) or more, got {args.workers}")
     if args.scheduler and args.workers:
