@@ -598,15 +598,15 @@ def _run_serial(spec, todo, record, problem=None):
 
 def _run_dask(spec, todo, record, client, chunk, max_tries=3, gone_after=20.0):
     from distributed import wait
-    from distributed.client import FutureCancelledError  # noqa: F401  (documented type)
     token = hashlib.sha1(os.urandom(8)).hexdigest()[:10]
-    spec_f = client.scatter(spec, broadcast=True, hash=False)
+    # the spec (a few kB) travels with each task: scattered data would be lost with a
+    # client.restart() and take every resubmitted task with it
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     pending, tries, serial = {}, {}, itertools.count()
 
     def submit(pts):
         cid = next(serial)
-        f = client.submit(run_chunk, spec_f, pts, key=f"diffsim-sweep-{token}-{cid}",
+        f = client.submit(run_chunk, spec, pts, key=f"diffsim-sweep-{token}-{cid}",
                           pure=False, retries=0)
         pending[f] = pts
         return f
@@ -619,6 +619,8 @@ def _run_dask(spec, todo, record, client, chunk, max_tries=3, gone_after=20.0):
             done, _ = wait(list(pending), timeout=1.0, return_when="FIRST_COMPLETED")
         except TimeoutError:
             done = ()
+        except Exception:      # wait() raises when futures were cancelled (client.restart)
+            done = [f for f in pending if f.status in ("finished", "error", "cancelled", "lost")]
         if not done:
             if client.status != "running":
                 lost_since = lost_since or time.monotonic()
