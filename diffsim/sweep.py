@@ -597,6 +597,15 @@ def _run_serial(spec, todo, record, problem=None):
 
 
 def _run_dask(spec, todo, record, client, chunk, max_tries=3, gone_after=20.0):
+    try:
+        _dask_loop(spec, todo, record, client, chunk, max_tries, gone_after)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as e:     # the client or its connection failed (e.g. ClosedClientError)
+        raise Interrupted(f"the cluster connection failed ({type(e).__name__}: {e})") from None
+
+
+def _dask_loop(spec, todo, record, client, chunk, max_tries, gone_after):
     from distributed import wait
     token = hashlib.sha1(os.urandom(8)).hexdigest()[:10]
     # the spec (a few kB) travels with each task: scattered data would be lost with a
@@ -621,13 +630,16 @@ def _run_dask(spec, todo, record, client, chunk, max_tries=3, gone_after=20.0):
             done = ()
         except Exception:      # wait() raises when futures were cancelled (client.restart)
             done = [f for f in pending if f.status in ("finished", "error", "cancelled", "lost")]
+        if client.status != "running":
+            # the scheduler is gone (or restarting): tasks it cancelled are not a point's
+            # fault; wait for the client to reconnect, resubmit then, or give up
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > gone_after:
+                raise Interrupted(f"the scheduler went away (client status {client.status})")
+            time.sleep(0.5)
+            continue
+        lost_since = None
         if not done:
-            if client.status != "running":
-                lost_since = lost_since or time.monotonic()
-                if time.monotonic() - lost_since > gone_after:
-                    raise Interrupted(f"the scheduler went away (client status {client.status})")
-            else:
-                lost_since = None
             continue
         for f in done:
             pts = pending.pop(f)
@@ -966,8 +978,10 @@ def plots(tab, rep, out) -> list:
                      (" (grey: failed)" if np.isnan(Z).any() else ""))
         paths.append(_save(fig, out, "sweep_heatmap.png"))
     line = next((a for a in axes if a["kind"] == "param"), axes[0] if axes else None)
+    sel = _others_mask(tab, axes, {line["key"]}) if line is not None else None
+    if line is not None and np.sum(np.isfinite(f_all[sel])) < 2:
+        line = None              # an interrupted sweep may not have reached this slice
     if line is not None:
-        sel = _others_mask(tab, axes, {line["key"]})
         x = np.asarray(_col(tab, line["key"]), float)[sel]
         f = f_all[sel]
         order = np.argsort(x, kind="stable")
