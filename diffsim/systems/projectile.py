@@ -347,7 +347,10 @@ class Projectile(runtime.RuntimeBound):
                             # the ground again, so this impact is the landing (a bounce
                             # with e = 0 would re-land at the next step's start, on the
                             # time grid, with a wrong gradient).
-                            if bounced < max_bounce and e > 0.0:
+                            # bounces=0: a constant False, so the bounce branch and the
+                            # bounce counter vanish from the kernel (one autodiff stack less)
+                            bounce = (bounced < max_bounce and e > 0.0) if ti.static(max_bounce > 0) else False
+                            if bounce:
                                 # The rest of the step starts at the impact with the
                                 # reflected velocity, integrated by the same method, so
                                 # the state is continuous in the impact phase s (a
@@ -372,11 +375,17 @@ class Projectile(runtime.RuntimeBound):
                                     events[bounced, b] = ti.Vector([
                                         t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
                                         ix, 0.0, iz, 0.0, 0.0, 0.0])
-                                lx, lz, lt = ix, iz, (t0 + i + s) * dt
+                                lx, lt = ix, (t0 + i + s) * dt
+                                if ti.static(dims3):
+                                    lz = iz
                                 nx, ny, nz = ix, 0.0, iz
                                 nvx, nvy, nvz = 0.0, 0.0, 0.0
                                 live = 0
-                        px, py, pz, vx, vy, vz = nx, ny, nz, nvx, nvy, nvz
+                        px, py, vx, vy = nx, ny, nvx, nvy
+                        if ti.static(dims3):
+                            # in 2D z and vz stay as launched (vz = 0, nz = pz exactly):
+                            # not carrying them saves two autodiff stacks per step
+                            pz, vz = nz, nvz
                     if ti.static(record):
                         traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
                 S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
