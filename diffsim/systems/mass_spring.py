@@ -60,7 +60,7 @@ BODY_PARAMS = ("stiffness", "damping", "rest", "actuation", "mass", "x0", "y0", 
 
 
 #: Time steps advanced per launch of the step kernel for horizons of at least
-#: LONG_HORIZON steps (taichi-notes 35): a launch costs ~20-40 µs of Python and dispatch
+#: LONG_HORIZON steps (taichi-notes 34): a launch costs ~20-40 µs of Python and dispatch
 #: here, more than a small body's step; the price is compile time, about linear in it
 #: (robot A's neural step: ~2 s per step in the kernel, forward + reverse).
 STEPS_PER_LAUNCH = 4
@@ -329,6 +329,7 @@ class MassSpring(runtime.RuntimeBound):
 
         @ti.kernel
         def start():
+            ti.loop_config(serialize=serial_batch)
             for b, i in ti.ndrange(B, N):
                 xs[b, 0, i] = p["x0"][b, i]
                 ys[b, 0, i] = p["y0"][b, i]
@@ -377,11 +378,13 @@ class MassSpring(runtime.RuntimeBound):
                     for j in range(A):
                         u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
             elif ti.static(ctrl == "sine"):
+                ti.loop_config(serialize=serial_batch)
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = amp[b, j] * ti.sin(omega * t * dt + phase[b, j])
             elif ti.static(ctrl == "sequence"):
                 # the piece index is computed inside the loop: a differentiable kernel may
                 # not mix loops with statements outside them
+                ti.loop_config(serialize=serial_batch)
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = seq[b, ti.min(t * P // T, P - 1), j]
             # -- springs: each body's forces summed in spring order ------------------
@@ -401,7 +404,10 @@ class MassSpring(runtime.RuntimeBound):
                     fx[b, t, j] += F * nx
                     fy[b, t, j] += F * ny
             # -- masses: semi-implicit Euler with in-step ground impact --------------
-            # (each element written once: order-free, so parallel over masses too)
+            # (each element written once: order-free, so parallel over masses when B > 1;
+            # for one body serial: its reverse then adds into the gradients without
+            # atomics, which halved the 64×64 cloth's reverse time, taichi-notes 35)
+            ti.loop_config(serialize=serial_batch)
             for b, i in ti.ndrange(B, N):
                 px, py = xs[b, t, i], ys[b, t, i]
                 inv_m = 1.0 / m_[b, i]
@@ -429,7 +435,7 @@ class MassSpring(runtime.RuntimeBound):
 
         @ti.kernel
         def step(t0: ti.i32, K: ti.template()):
-            # K steps per launch (taichi-notes 35): still one top-level loop per stage
+            # K steps per launch (taichi-notes 34): still one top-level loop per stage
             # and step, reversed in order by autodiff; only the launches are fewer.
             for tt in ti.static(range(K)):
                 advance(t0 + tt)

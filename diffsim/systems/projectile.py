@@ -385,6 +385,7 @@ class Projectile(runtime.RuntimeBound):
                         if ti.static(dims3):
                             # in 2D z and vz stay as launched (vz = 0, nz = pz exactly):
                             # not carrying them saves two autodiff stacks per step
+                            # (taichi-notes 36)
                             pz, vz = nz, nvz
                     if ti.static(record):
                         traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
