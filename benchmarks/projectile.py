@@ -102,6 +102,7 @@ def main():
             f"{'steps/s (f+b)':>14} {'per-step fwd ms':>16} {'per-step f+b ms':>16} {'speed-up':>9}")
     print(head)
     print("-" * len(head))
+    targets = []
     for B in args.batches:
         c, f, fb = fused(B, args.repeats)
         row = (f"{B:>6} {c:>9.2f} {f * 1e3:>9.3f} {fb * 1e3:>11.3f} {fb / f:>8.2f} "
@@ -110,7 +111,11 @@ def main():
             pf, pfb = per_step(B, args.repeats)
             row += f" {pf * 1e3:>16.2f} {pfb * 1e3:>16.2f} {pfb / fb:>8.1f}×"
         print(row, flush=True)
+        if B >= 1024:
+            targets.append(f"B = {B:,}: grad/fwd ≤ 3 (issue #8): {'met' if fb / f <= 3 else 'NOT MET'} ({fb / f:.2f})")
     print("\ngrad/fwd: forward+backward time over forward time. speed-up: per-step f+b over fused f+b.")
+    for line in targets:
+        print("target " + line)
 
 
 if __name__ == "__main__":

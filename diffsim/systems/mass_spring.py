@@ -26,8 +26,10 @@ Controllers (u ∈ [-1, 1] per actuated spring, one set of weights per body):
 Layout (DiffTaichi's): every per-step quantity lives in a field indexed (body, step,
 element), so each step writes a new time index (Taichi's global data access rules hold)
 and nothing is carried in locals (no autodiff stack). One kernel launch advances every
-body one step; it holds one top-level loop per stage (controller layers, springs,
-masses), which Taichi's reverse kernel runs backwards. Each stage loops over the batch
+body ``steps_per_launch`` steps (1 for short horizons, STEPS_PER_LAUNCH for long ones:
+launches cost more than a small body's step); it holds one top-level loop per stage
+(controller layers, springs, masses) and step, which Taichi's reverse kernel runs
+backwards. Each stage loops over the batch
 only (serialized when B = 1, which skips the parallel dispatch); a body's springs, neurons
 and objective terms run serially inside it, so every sum (spring forces into masses,
 layer sums, the objective, and every gradient accumulation of the reverse kernels) is
@@ -57,6 +59,12 @@ OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
 BODY_PARAMS = ("stiffness", "damping", "rest", "actuation", "mass", "x0", "y0", "vx0", "vy0")
 
 
+#: Time steps advanced per launch of the step kernel for horizons of at least
+#: LONG_HORIZON steps (taichi-notes 34): a launch costs ~20-40 µs of Python and dispatch
+#: here, more than a small body's step; the price is compile time, about linear in it
+#: (robot A's neural step: ~2 s per step in the kernel, forward + reverse).
+STEPS_PER_LAUNCH = 4
+LONG_HORIZON = 256
 #: Taichi indexes a field with 32-bit integers
 MAX_FIELD_ELEMENTS = 2**31 - 1
 #: parameter groups with one entry per spring (padded to one entry when a body has none)
@@ -101,11 +109,15 @@ class MassSpring(runtime.RuntimeBound):
     gravity [m/s², signed, y up], ground [m] (None: no ground), friction (Coulomb μ),
     restitution e ∈ [0, 1], sticky (DiffTaichi's ground: tangential velocity stops on
     impact), damping [1/s] (global velocity damping exp(-damping·dt)).
+    steps_per_launch: time steps per launch of the step kernel (None: STEPS_PER_LAUNCH
+    when steps >= LONG_HORIZON, else 1); same numbers bit for bit, fewer launches, a
+    longer compile.
     """
 
     def __init__(self, body: Body, *, batch=1, steps=100, dt=0.004, gravity=-4.8, ground=0.1,
                  friction=0.0, restitution=0.0, sticky=False, damping=0.0,
-                 controller="none", hidden=32, sines=10, omega=10.0, pieces=8):
+                 controller="none", hidden=32, sines=10, omega=10.0, pieces=8,
+                 steps_per_launch=None):
         info = self._bind_runtime()
         if controller not in CONTROLLERS:
             raise DiffsimError(f"controller={controller!r} is not known; use one of {', '.join(CONTROLLERS)}")
@@ -143,6 +155,17 @@ class MassSpring(runtime.RuntimeBound):
         self.sticky, self.damping = bool(sticky), float(damping)
         self.real, self.np_real = info.real, info.numpy_dtype
         self._alloc()
+        if steps_per_launch is None:
+            K = STEPS_PER_LAUNCH if self.T >= LONG_HORIZON else 1
+        elif isinstance(steps_per_launch, (int, np.integer)) and steps_per_launch >= 1:
+            K = int(steps_per_launch)
+        else:
+            raise DiffsimError(f"steps_per_launch must be a positive integer or None, got {steps_per_launch!r}")
+        self.steps_per_launch = K
+        # (first step, steps) of each launch of the step kernel: K steps each, then the
+        # remainder one step per launch (the variants compiled are K and 1 steps)
+        full = self.T // K * K
+        self._chunks = [(t0, K) for t0 in range(0, full, K)] + [(t0, 1) for t0 in range(full, self.T)]
         self._compile()
         self.reset_body(body)
         self._forward_done = False
@@ -306,14 +329,17 @@ class MassSpring(runtime.RuntimeBound):
 
         @ti.kernel
         def start():
+            ti.loop_config(serialize=serial_batch)
             for b, i in ti.ndrange(B, N):
                 xs[b, 0, i] = p["x0"][b, i]
                 ys[b, 0, i] = p["y0"][b, i]
                 vxs[b, 0, i] = p["vx0"][b, i]
                 vys[b, 0, i] = p["vy0"][b, i]
 
-        @ti.kernel
-        def step(t: ti.i32):
+        @ti.func
+        def advance(t: ti.template()):
+            # t: the step index as an expression (template: substituted into every
+            # index, so no statement runs outside the stage loops)
             # One top-level loop per stage (Taichi reverses top-level loops in order; several
             # inner loops in one body were not: the spring stage's adjoint ran before the
             # mass stage's and gave zero stiffness gradients). Each stage loops over the
@@ -352,11 +378,13 @@ class MassSpring(runtime.RuntimeBound):
                     for j in range(A):
                         u[b, t, j] = ti.tanh(upre[b, t, j] + b2[b, j])
             elif ti.static(ctrl == "sine"):
+                ti.loop_config(serialize=serial_batch)
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = amp[b, j] * ti.sin(omega * t * dt + phase[b, j])
             elif ti.static(ctrl == "sequence"):
                 # the piece index is computed inside the loop: a differentiable kernel may
                 # not mix loops with statements outside them
+                ti.loop_config(serialize=serial_batch)
                 for b, j in ti.ndrange(B, A):
                     u[b, t, j] = seq[b, ti.min(t * P // T, P - 1), j]
             # -- springs: each body's forces summed in spring order ------------------
@@ -376,7 +404,10 @@ class MassSpring(runtime.RuntimeBound):
                     fx[b, t, j] += F * nx
                     fy[b, t, j] += F * ny
             # -- masses: semi-implicit Euler with in-step ground impact --------------
-            # (each element written once: order-free, so parallel over masses too)
+            # (each element written once: order-free, so parallel over masses when B > 1;
+            # for one body serial: its reverse then adds into the gradients without
+            # atomics, which halved the 64×64 cloth's reverse time, taichi-notes 35)
+            ti.loop_config(serialize=serial_batch)
             for b, i in ti.ndrange(B, N):
                 px, py = xs[b, t, i], ys[b, t, i]
                 inv_m = 1.0 / m_[b, i]
@@ -401,6 +432,14 @@ class MassSpring(runtime.RuntimeBound):
                     ys[b, t + 1, i] = ti.select(fixed, py, py + dt * nvy)
                     vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
                     vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
+
+        @ti.kernel
+        def step(t0: ti.i32, K: ti.template()):
+            # K steps per launch (taichi-notes 34): still one top-level loop per stage
+            # and step, reversed in order by autodiff; only the launches are fewer.
+            for tt in ti.static(range(K)):
+                advance(t0 + tt)
+
 
         @ti.kernel
         def objective(kind: ti.template()):
@@ -502,8 +541,8 @@ class MassSpring(runtime.RuntimeBound):
         k["clear_values"]()
         k["start"]()
         step = k["step"]
-        for t in range(self.T):
-            step(t)
+        for t0, n in self._chunks:
+            step(t0, n)
         k["objective"](objective)
         self._objective = objective
         self._forward_done = True
@@ -563,8 +602,8 @@ class MassSpring(runtime.RuntimeBound):
         self.loss.grad[None] = 1.0
         k["objective"].grad(self._objective)
         step_grad = k["step"].grad
-        for t in reversed(range(self.T)):
-            step_grad(t)
+        for t0, n in reversed(self._chunks):
+            step_grad(t0, n)
         k["start"].grad()
         out = {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
         for n in SPRING_PARAMS:
@@ -597,8 +636,8 @@ class MassSpring(runtime.RuntimeBound):
                 with tangent_mode(self.loss):
                     k["start"]()
                     step = k["step"]
-                    for t in range(self.T):
-                        step(t)
+                    for t0, n in self._chunks:
+                        step(t0, n)
                     k["objective"](objective)
                     # read inside: leaving FwdMode zeroes the dual of the field it was given
                     out[e] = float(self.loss.dual[None])

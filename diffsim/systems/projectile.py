@@ -347,7 +347,10 @@ class Projectile(runtime.RuntimeBound):
                             # the ground again, so this impact is the landing (a bounce
                             # with e = 0 would re-land at the next step's start, on the
                             # time grid, with a wrong gradient).
-                            if bounced < max_bounce and e > 0.0:
+                            # bounces=0: a constant False, so the bounce branch and the
+                            # bounce counter vanish from the kernel (one autodiff stack less)
+                            bounce = (bounced < max_bounce and e > 0.0) if ti.static(max_bounce > 0) else False
+                            if bounce:
                                 # The rest of the step starts at the impact with the
                                 # reflected velocity, integrated by the same method, so
                                 # the state is continuous in the impact phase s (a
@@ -357,13 +360,16 @@ class Projectile(runtime.RuntimeBound):
                                 if ti.static(integ == "rk4"):
                                     ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
                                 q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
-                                nx, ny, nz = q2[0], ti.max(q2[1], 0.0), q2[2]
-                                nvx, nvy, nvz = q2[3], q2[4], q2[5]
                                 if ti.static(record):
                                     events[bounced, b] = ti.Vector([
                                         t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
                                         ix, 0.0, iz, ivx, -e * ivy, ivz])
                                 bounced += 1
+                                # the state is assigned last: everything above reads the
+                                # step's start
+                                px, py, vx, vy = q2[0], ti.max(q2[1], 0.0), q2[3], q2[4]
+                                if ti.static(dims3):
+                                    pz, vz = q2[2], q2[5]
                             else:
                                 if ti.static(record):
                                     jvy = vy + s * (nvy - vy)
@@ -372,11 +378,21 @@ class Projectile(runtime.RuntimeBound):
                                     events[bounced, b] = ti.Vector([
                                         t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
                                         ix, 0.0, iz, 0.0, 0.0, 0.0])
-                                lx, lz, lt = ix, iz, (t0 + i + s) * dt
-                                nx, ny, nz = ix, 0.0, iz
-                                nvx, nvy, nvz = 0.0, 0.0, 0.0
+                                lx, lt = ix, (t0 + i + s) * dt
+                                px, py, vx, vy = ix, 0.0, 0.0, 0.0
+                                if ti.static(dims3):
+                                    lz = iz
+                                    pz, vz = iz, 0.0
                                 live = 0
-                        px, py, pz, vx, vy, vz = nx, ny, nz, nvx, nvy, nvz
+                        else:
+                            # nx … nvz are assigned once per step (never overwritten by
+                            # the impact branch), so they need no autodiff stack of
+                            # their own: only the carried state does (taichi-notes 36)
+                            px, py, vx, vy = nx, ny, nvx, nvy
+                            if ti.static(dims3):
+                                # in 2D z and vz stay as launched (vz = 0, nz = pz
+                                # exactly): not carrying them saves two stacks more
+                                pz, vz = nz, nvz
                     if ti.static(record):
                         traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
                 S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
