@@ -25,6 +25,7 @@ from .. import runtime
 from ..errors import DiffsimError
 from ..optim import SECOND_ORDER, Adam, LBFGS, make_optimizer, minimize, optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
 
@@ -123,7 +124,7 @@ def check_scene(sc):
                            value=sc["optimize"]["params"])
 
 
-class CannonProblem(Problem):
+class CannonProblem(Task, Problem):
     """Aim B cannons (one per target) by optimising their launch parameters.
 
     Parameters: per-cannon launch values (``angle``, ``speed``, … or ``angle[i]`` with
@@ -618,7 +619,7 @@ class CannonProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         snapshots = []
         every = max(1, (iterations or self.opt_cfg["iterations"]) // 12)
 

@@ -22,6 +22,7 @@ from .. import runtime
 from ..errors import DiffsimError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..ode.control import MAX_KNOTS, SYSTEMS, Transcription
 
@@ -117,7 +118,7 @@ def build(sc, **_):
     return ControlProblem(sc)
 
 
-class ControlProblem(Problem):
+class ControlProblem(Task, Problem):
     """Knot values of the control as the problem's parameters (names ``u[k]``); the
     objective is the merit J + νᵀc + ρ/2·|c|² at the current multipliers ν and weight ρ
     (``self.nu``, ``self.rho``; J alone is :meth:`cost`)."""
@@ -328,7 +329,7 @@ class ControlProblem(Problem):
         the recorded ν and ρ, and the evaluation count goes on."""
         from .. import checkpoint as ckpt
         from ..optim import LBFGS, Adam, minimize
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         osec, con = self.scene["optimize"], self.scene["constraint"]
         method = method or self.default_method
         budget = iterations or osec["iterations"]

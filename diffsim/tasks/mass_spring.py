@@ -30,6 +30,7 @@ from .. import runtime
 from ..errors import DiffsimError, GradientError, SceneError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..systems import bodies
 from ..systems.mass_spring import (BODY_PARAMS, MAX_FIELD_ELEMENTS, OBJECTIVES, SPRING_PARAMS, MassSpring,
@@ -221,7 +222,7 @@ def build(sc, **_):
     return MassSpringProblem(sc)
 
 
-class MassSpringProblem(Problem):
+class MassSpringProblem(Task, Problem):
     """A mass-spring scene as a Problem: the parameters are the flattened entries of the
     groups in ``optimize.params`` (batch axis first), e.g. ``w1[0,3,2]`` or ``stiffness[0,5]``."""
 
@@ -511,7 +512,7 @@ class MassSpringProblem(Problem):
         ``method`` (default discrete); the optimiser is ``optimize.optimizer``; a gradient norm
         above ``optimize.max_grad_norm`` stops the run as diverged, keeping the best point."""
         from ..optim import minimize
-        from ..problem import checkpoint_path, optimization_report
+        from ..task import checkpoint_path, optimization_report
         o = self.scene["optimize"]
         if seed is not None and seed != self.seed:
             self.sim.init_controller(seed, self.scene["controller"]["scale"])

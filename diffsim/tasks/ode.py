@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DiffsimError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from .. import runtime
 from ..ode import Adjoint, make_solver, solve
@@ -95,7 +96,7 @@ def build(sc, **_):
     return ODEProblem(sc)
 
 
-class ODEProblem(Problem):
+class ODEProblem(Task, Problem):
     """Fit an ODE's parameters to observations; gradients by any method of ode.solve."""
 
     methods = ("discrete", "adjoint", "forward", "fd")
@@ -446,7 +447,7 @@ class ODEProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         return self.fit(None, method, iterations, out, progress, plots, None,
                         checkpoint=checkpoint_path(out), resume=resume)
 
