@@ -7,9 +7,10 @@ from .common import pyplot
 
 
 def hessian_figure(res):
-    """Figure (written as hessian.png by the CLI): heat map of the Hessian normalised as H_ij/√|H_ii·H_jj| (units
-    cancel; the diagonal's magnitudes are in the labels) and the relative
-    eigen-directions (bars), stiffest to sloppiest, with their eigenvalues."""
+    """The figure of HessianResult ``res`` (the CLI writes it as hessian.png): a heat map
+    of the Hessian normalised as H_ij/√|H_ii·H_jj| (units cancel; the diagonal's
+    magnitudes are in the labels) and the relative eigen-directions (bars), stiffest to
+    sloppiest, with their eigenvalues."""
     plt = pyplot()
     k = len(res.names)
     d = np.sqrt(np.abs(np.diag(res.matrix)))
