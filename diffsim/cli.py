@@ -187,9 +187,7 @@ def cmd_hessian(args):
     out = {"scene": sc.name, **res.as_dict()}
     text = res.text()
     if not args.no_plot:
-        from .plots.common import save
-        from .plots.hessian import hessian_figure
-        out["plots"] = [str(save(hessian_figure(res), _out_dir(args, sc.name), "hessian.png"))]
+        out["plots"] = [str(res.plot(_out_dir(args, sc.name)))]
         text += "\nplots: " + ", ".join(out["plots"])
     _warn(pb, out)
     _emit(args, out, text)

@@ -156,6 +156,12 @@ class HessianResult:
             lines.append("note: " + self.note)
         return "\n".join(lines)
 
+    def plot(self, out, name="hessian.png"):
+        """Write :func:`diffsim.plots.hessian.hessian_figure` of this result as
+        ``out/name`` and return the path."""
+        from .plots.common import save
+        from .plots.hessian import hessian_figure
+        return save(hessian_figure(self), out, name)
 
 
 def select(problem, names=None):
