@@ -9,6 +9,7 @@ from .gradients import Adjoint, Discrete, FiniteDifferences, Forward
 from .gradcheck import gradcheck
 from .optim import LBFGS, Adam, GaussNewton, GradientDescent, Newton, NewtonCG, minimize
 from .scene import build, load
+from .sweep import sweep
 from .ode import ODE, solve
 from .systems.bodies import Body
 from .systems.mass_spring import MassSpring
@@ -18,5 +19,6 @@ __all__ = [
     "Adam", "GradientDescent", "LBFGS", "Newton", "NewtonCG", "GaussNewton",
     "MassSpring", "Body", "ODE", "solve", "Adjoint", "Discrete", "Forward", "FiniteDifferences",
     "DiffsimError", "SceneError", "SimulationError", "GradientError", "RuntimeStateError",
+    "sweep",
 ]
 __version__ = "0.1.0"

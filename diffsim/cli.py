@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -194,6 +195,63 @@ def cmd_hessian(args):
     return 0
 
 
+def cmd_sweep(args):
+    """`diffsim sweep`: a grid / random / multi-start sweep; the table and plots in --out."""
+    import importlib
+    sw = importlib.import_module("diffsim.sweep")   # the module (diffsim.sweep is the function)
+    if args.workers is not None and args.workers < 0:
+        raise DiffsimError(f"--workers must be 0 (in-process loop) or more, got {args.workers}")
+    if args.scheduler and args.workers:
+        raise DiffsimError("--scheduler runs on an existing cluster; --workers starts a local "
+                           "one: pass one of them")
+    if not (args.grid or args.random or args.multistart):
+        raise DiffsimError("nothing to sweep: give --grid KEY=LO:HI:N, --random KEY=LO:HI with "
+                           "--samples N, or --multistart N")
+    for name in ("samples", "multistart", "chunk"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise DiffsimError(f"--{name} must be at least 1, got {v}")
+    if args.samples and not args.random:
+        raise DiffsimError("--samples needs at least one --random KEY=LO:HI")
+    sc = scene_mod.load(args.scene, args.set)      # before Taichi starts (see _problem)
+    args.scene_path = sc.path
+    if getattr(args, "backend", None):
+        # this process and the local workers it spawns (they inherit the environment)
+        os.environ["DIFFSIM_BACKEND"] = args.backend
+    out = _out_dir(args, f"{sc.name}-sweep")
+    workers = (os.cpu_count() or 1) if args.workers is None and not args.scheduler else (args.workers or 0)
+    rep = {}
+    stopped = None
+    try:
+        tab = sw.sweep(sc, args.grid, evaluation=args.eval, random=args.random,
+                       samples=args.samples or 0, multistart=args.multistart or 0,
+                       bounds=args.bounds, method=args.method, iterations=args.iterations,
+                       seed=args.seed, workers=workers, scheduler=args.scheduler,
+                       chunk=args.chunk, out=out, resume=args.resume,
+                       progress=not args.json and not args.no_progress, arch=args.arch,
+                       precision=args.precision, report=rep)
+    except sw.Interrupted as e:
+        tab, stopped = e.table, e.reason
+    plots = [] if args.no_plot or not len(tab) else [str(p) for p in sw.plots(tab, rep, out)]
+    obj = {"scene": sc.name, **rep, "plots": plots}
+    text = (f"{rep['done']} of {rep['points']} points ({rep['failed']} failed"
+            + (f", {rep['skipped']} from the earlier run" if rep.get("skipped") else "")
+            + f") in {rep['seconds']:.2f} s on {rep.get('engine', '?')}"
+            + "\nresults: " + ", ".join(rep.get("files", [])))
+    if plots:
+        text += "\nplots: " + ", ".join(plots)
+    _emit(args, obj, text)
+    if stopped:
+        print(f"diffsim: sweep {stopped}; {rep['done']} finished points are saved in "
+              f"{out / sw.JOURNAL}; rerun with --resume to run the other "
+              f"{rep['points'] - rep['done']}", file=sys.stderr)
+        return 130 if "Ctrl-C" in stopped else 1
+    if rep["failed"]:
+        print(f"diffsim: {rep['failed']} of {rep['points']} points failed; their reasons are in "
+              "the error column", file=sys.stderr)
+    return 1 if rep["failed"] == rep["points"] else 0
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive(text):
     try:
@@ -301,6 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sensitivity", help="sensitivities of the objective and trajectory")
     common(sp); method(sp); outputs(sp)
     sp.set_defaults(func=cmd_sensitivity)
+
+    sp = sub.add_parser("sweep", help="evaluate a scene over a grid, random samples or multi-starts "
+                        "(in parallel on Dask)")
+    common(sp); method(sp); outputs(sp)
+    sp.add_argument("--grid", action="append", default=[], metavar="KEY=LO:HI:N",
+                    help="a grid axis: N values from LO to HI, or KEY=v1,v2,… (repeat for a "
+                         "product). KEY: a parameter (angle, wind_x, physics.wind_x) or a scene "
+                         "key (sim.dt; rebuilt and compiled per value)")
+    sp.add_argument("--random", action="append", default=[], metavar="KEY=LO:HI",
+                    help="a parameter drawn uniformly in [LO, HI] (with --samples)")
+    sp.add_argument("--samples", type=int, default=None, help="random points (with --random)")
+    sp.add_argument("--multistart", type=int, default=None, metavar="N",
+                    help="optimise from N starts drawn inside the optimisable parameters' bounds")
+    sp.add_argument("--bounds", action="append", default=[], metavar="NAME=LO:HI",
+                    help="the range multi-starts are drawn from (default: the parameter's bounds)")
+    sp.add_argument("--eval", default="grad", choices=["run", "grad", "optimize"],
+                    help="what each point evaluates (default grad; --multistart: optimize)")
+    sp.add_argument("--iterations", type=int, default=None, help="optimize: most iterations per point")
+    sp.add_argument("--seed", type=int, default=0, help="seed of random points and starts (default 0)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="local worker processes (default: one per CPU core); 0: a plain loop "
+                         "in this process")
+    sp.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                    help="run on an existing Dask cluster")
+    sp.add_argument("--chunk", type=int, default=None,
+                    help="points per Dask task (default: about 4 tasks per worker, at most 32)")
+    sp.add_argument("--resume", action="store_true",
+                    help="run only the points missing from --out's points.jsonl")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_sweep)
     return p
 
 

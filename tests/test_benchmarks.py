@@ -26,7 +26,7 @@ def run(script, *args, env_extra=None, timeout=240):
 
 def test_every_benchmark_script_is_covered():
     scripts = {p.name for p in BENCH.glob("*.py")}
-    assert scripts <= {"projectile.py", "mass_spring.py", "ode.py", "compare.py"}, \
+    assert scripts <= {"projectile.py", "mass_spring.py", "ode.py", "compare.py", "sweep.py"}, \
         f"new benchmark script(s) {scripts} need a smoke test here"
 
 
@@ -49,6 +49,12 @@ def test_ode_benchmark_runs():
     out = run("ode.py", "--quick", "--repeats", "1")
     for head in ("1. Lotka–Volterra", "2. Gradient time", "3. Gradient time", "4. Peak"):
         assert head in out, out
+
+
+def test_sweep_benchmark_runs():
+    pytest.importorskip("distributed")
+    out = run("sweep.py", "--points", "8", "--workers", "0", "1")
+    assert "pts/s warm" in out and "1 worker " in out, out
 
 
 def test_compare_benchmark_runs_and_peers_agree():
