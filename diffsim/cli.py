@@ -1,8 +1,9 @@
 """The ``diffsim`` command: argument parsing, progress, JSON output, exit codes.
 
-No physics here: every verb loads a scene, builds its Problem and calls the Problem's
-methods. Exit status: 0 success, 1 the task failed (e.g. a target unreachable, a gradient
-check failed), 2 bad input (scene, key, value, arguments), 130 interrupted.
+No physics here: every verb loads a scene, builds its task (a Problem and a
+:class:`diffsim.task.Task`) and calls the Problem's maths and the Task's hooks. Exit
+status: 0 success, 1 the task failed (e.g. a target unreachable, a gradient check
+failed), 2 bad input (scene, key, value, arguments), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -155,9 +156,8 @@ def cmd_optimize(args):
                   "message": "interrupted before the optimisation finished its set-up; the "
                              "parameters saved are the current ones"}
         report["scene"] = sc.name
-        from .problem import Problem
-        args_text = Problem.report_text(pb, report)
-        return _finish_optimization(args, pb, report, out_dir, text=args_text)
+        from .task import report_text
+        return _finish_optimization(args, pb, report, out_dir, text=report_text(report))
     report.setdefault("scene", sc.name)
     return _finish_optimization(args, pb, report, out_dir)
 

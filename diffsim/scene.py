@@ -4,7 +4,8 @@ A scene is a TOML file with a top-level ``kind`` (which system/task builds it) a
 sections whose keys are checked against the kind's schema: an unknown key, a wrong type,
 NaN, or a value out of range raises :class:`~diffsim.errors.SceneError` naming the file,
 the key and the value. Each kind module declares ``SCHEMA`` (section -> key -> Key) and
-``build(scene) -> Problem``; :data:`KINDS` maps kind names to those modules.
+``build(scene) -> Task`` (a Problem that is a :class:`~diffsim.task.Task`); :data:`KINDS`
+maps kind names to those modules.
 """
 from __future__ import annotations
 
@@ -335,9 +336,15 @@ def load(scene: str | pathlib.Path, overrides: list[str] | dict | None = None) -
 
 
 def build(scene, overrides=None, **kwargs):
-    """Load a scene (name, path or Scene) and build its Problem."""
+    """Load a scene (name, path or Scene) and build its task: a
+    :class:`diffsim.problem.Problem` that is also a :class:`diffsim.task.Task`."""
+    from .task import Task
     sc = scene if isinstance(scene, Scene) else load(scene, overrides)
-    return kind_module(sc.kind, sc.path).build(sc, **kwargs)
+    task = kind_module(sc.kind, sc.path).build(sc, **kwargs)
+    if not isinstance(task, Task):   # the contract every scene kind's build() keeps
+        raise TypeError(f"scene kind {sc.kind!r}: build() returned a {type(task).__name__}, "
+                        "not a diffsim.task.Task")
+    return task
 
 
 def describe_all() -> list[tuple[str, str, str]]:

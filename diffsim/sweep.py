@@ -947,7 +947,7 @@ def plots(tab, rep, out) -> list:
     gradient drawn as tangent ticks, others at their middle value) and
     sweep_optima.png (multi-start: where the starts went). Sets
     ``rep["gradient_consistency"]`` when gradients are drawn."""
-    from .plot import _plt, _save
+    from .plots.common import pyplot as _plt, save as _save
     plt = _plt()
     paths = []
     axes = _numeric_axes(rep)

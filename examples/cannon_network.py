@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import diffsim
-from diffsim import plot
+from diffsim.plots import cannon as plots, common
 from diffsim.tasks.aim_network import AimNetwork, evaluate, train_aim_network
 
 
@@ -54,7 +54,7 @@ def main():
           f"{predicted.mean():.3g} m, after refinement {np.mean(refined):.2e} m")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("plot:", plot.save(plot.miss_vs_distance_figure(d, predicted, refined), out, "miss.png"))
+    print("plot:", common.save(plots.miss_vs_distance_figure(d, predicted, refined), out, "miss.png"))
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def test_warnings_name_unlanded_cannons_and_enormous_gradients(monkeypatch):
 def test_trajectory_plot_starts_at_the_ground_draws_a_handful_and_does_not_warn(caplog):
     import matplotlib
     matplotlib.use("Agg")
-    from diffsim import plot
+    from diffsim.plots import cannon as plot
     t = np.linspace(0, 1, 50)
     snaps = []
     for it in range(150):

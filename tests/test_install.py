@@ -15,7 +15,7 @@ def test_import_installs_no_warning_filter_and_keeps_the_matplotlib_backend():
     code = ("import taichi, numpy, scipy.optimize, scipy.integrate, scipy.linalg, tqdm, "
             "matplotlib.pyplot, warnings, matplotlib; matplotlib.use('svg'); "
             "before = list(warnings.filters); "
-            "import diffsim, diffsim.ode, diffsim.plot, diffsim.cli, diffsim.tasks.ode, "
+            "import diffsim, diffsim.ode, diffsim.plots.cannon, diffsim.cli, diffsim.tasks.ode, "
             "diffsim.tasks.mass_spring, diffsim.tasks.cannon; "
             "assert list(warnings.filters) == before, 'warnings filter changed'; "
             "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); print('ok')")

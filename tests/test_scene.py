@@ -81,7 +81,7 @@ def test_cli_bad_scene_exits_2_without_traceback(tmp_path, capsys):
 def test_package_does_not_init_taichi_or_parse_argv_on_import():
     import subprocess
     import sys
-    code = ("import sys; sys.argv=['x','--bogus']; import diffsim, diffsim.cli, diffsim.plot;"
+    code = ("import sys; sys.argv=['x','--bogus']; import diffsim, diffsim.cli, diffsim.plots.cannon;"
             "import diffsim.runtime as r; assert r._current is None; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr

@@ -25,6 +25,7 @@ from .. import runtime
 from ..errors import DiffsimError
 from ..optim import SECOND_ORDER, Adam, LBFGS, make_optimizer, minimize, optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
 
@@ -123,7 +124,7 @@ def check_scene(sc):
                            value=sc["optimize"]["params"])
 
 
-class CannonProblem(Problem):
+class CannonProblem(Task, Problem):
     """Aim B cannons (one per target) by optimising their launch parameters.
 
     Parameters: per-cannon launch values (``angle``, ``speed``, … or ``angle[i]`` with
@@ -618,7 +619,7 @@ class CannonProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         snapshots = []
         every = max(1, (iterations or self.opt_cfg["iterations"]) // 12)
 
@@ -630,9 +631,8 @@ class CannonProblem(Problem):
         res, report = self.aim(iterations=iterations, method=method, progress=progress, callback=cb,
                                checkpoint=checkpoint_path(out), resume=resume)
         if plots and out is not None:
-            from .. import plot
             snapshots.append((res.iterations, self.trajectories(res.x)))
-            report["plots"] = [str(p) for p in plot.cannon_optimization_plots(self, res, snapshots, out)]
+            report["plots"] = [str(p) for p in self._optimization_plots(res, snapshots, out)]
         return report
 
     def report_text(self, r):
@@ -653,8 +653,91 @@ class CannonProblem(Problem):
         return "\n".join(lines)
 
     def plot_run(self, out):
-        from .. import plot
-        return plot.cannon_run_plots(self, out)
+        """trajectory.png: the flight at the current parameters."""
+        from ..plots import cannon as plots, common
+        fig = plots.trajectories_figure([(0, self.trajectories())], self.targets_x, title="trajectory")
+        return [common.save(fig, out, "trajectory.png")]
+
+    # -- figures of an optimisation ------------------------------------------------------
+    def _cannon_objective(self, f, cannon):
+        """Cannon ``cannon``'s own share of the objective just evaluated (½·miss² for the
+        miss objective of a batch; the objective ``f`` otherwise)."""
+        if self.objective_type == "miss" and not self.maximize and self.B > 1:
+            return float(self._last_miss2[cannon])
+        return f
+
+    def landscape_1d(self, i, span, n=61, cannon=0):
+        """Objective of cannon ``cannon`` and its derivative along parameter index ``i``
+        over ``n`` values in ``span`` = (low, high), the other parameters at their current
+        values: arrays (t, f, df/dt), each (n,). Gradients by the default method."""
+        x0 = self.x0()
+        T = np.linspace(span[0], span[1], n)
+        F, G = np.zeros(n), np.zeros(n)
+        for j, t in enumerate(T):
+            x = x0.copy()
+            x[i] = t
+            f, g = self.value_and_grad(x)
+            F[j], G[j] = self._cannon_objective(f, cannon), g[i]
+        return T, F, G
+
+    def landscape_2d(self, ia, ib, a_span, b_span, n=25, cannon=0):
+        """Objective of cannon ``cannon`` on an n × n grid over parameter indices ``ia``
+        (values a, (n,)) and ``ib`` (values b, (n,)), the others at their current values:
+        (a, b, f, df/da, df/db) with the last three of shape (n, n) indexed [b, a]."""
+        x0 = self.x0()
+        A, V = np.linspace(*a_span, n), np.linspace(*b_span, n)
+        Z, GA, GV = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+        for i, v in enumerate(V):
+            for j, a in enumerate(A):
+                x = x0.copy()
+                x[ia], x[ib] = a, v
+                f, g = self.value_and_grad(x)
+                Z[i, j], GA[i, j], GV[i, j] = self._cannon_objective(f, cannon), g[ia], g[ib]
+        return A, V, Z, GA, GV
+
+    def _optimization_plots(self, res, snapshots, out):
+        """trajectories.png (a handful of iterations, evenly spaced), loss.png and, in 2D,
+        landscape.png along the optimised launch parameter(s) of cannon 0: a 1-D curve with
+        gradient tangents when one is optimised, a 2-D field for two or more."""
+        from ..plots import cannon as plots, common
+        path = res.history.x
+        if path is not None and len(path) > 1:
+            picks = common.pick(len(path), 6)
+            snapshots = [(j, self.trajectories(path[j])) for j in picks]
+            if picks[-1] != res.iterations:
+                snapshots.append((res.iterations, self.trajectories(res.x)))
+        ylabel = "½·miss² [m²]" if self.objective_type == "miss" else "objective"
+        files = [common.save(plots.trajectories_figure(snapshots, self.targets_x), out, "trajectories.png"),
+                 common.save(common.loss_figure(res.history.loss, ylabel), out, "loss.png")]
+        names = self.params.names
+        free = [n for n in self.opt_cfg["params"] if n in ("angle", "speed", "height", "azimuth")]
+        free_all = list(self.opt_cfg["params"])
+        if self.dims == 2 and free_all:
+            x_best = res.x.copy()
+            cols = [names.index(n if self.B == 1 or n not in self._launch_names else f"{n}[0]")
+                    for n in (free + [n for n in free_all if n not in free])]
+            P = np.asarray(path) if path is not None and len(path) else x_best[None]
+
+            def span(i):
+                p = self.params.items[i]
+                return min(p.lower, P[:, i].min()), max(p.upper, P[:, i].max())
+
+            def label(i):
+                return common.axis_label(names[i], self.params.items[i].unit)
+
+            if len(cols) == 1:
+                i = cols[0]
+                t, f, g = self.landscape_1d(i, span(i))
+                fig = plots.landscape_1d_figure(t, f, g, P[:, i], name=names[i],
+                                                unit=self.params.items[i].unit, ylabel=ylabel)
+            else:
+                a, b = cols[:2]
+                grid = self.landscape_2d(a, b, span(a), span(b))
+                fig = plots.landscape_figure(*grid, path=P[:, [a, b]], xlabel=label(a), ylabel=label(b))
+            self.set(x_best)
+            self.objective(x_best)
+            files.append(common.save(fig, out, "landscape.png"))
+        return files
 
 
 def build(scene, **_):

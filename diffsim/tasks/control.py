@@ -18,10 +18,11 @@ import pathlib
 
 import numpy as np
 
-from .. import plot, runtime
+from .. import runtime
 from ..errors import DiffsimError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..ode.control import MAX_KNOTS, SYSTEMS, Transcription
 
@@ -117,7 +118,7 @@ def build(sc, **_):
     return ControlProblem(sc)
 
 
-class ControlProblem(Problem):
+class ControlProblem(Task, Problem):
     """Knot values of the control as the problem's parameters (names ``u[k]``); the
     objective is the merit J + νᵀc + ρ/2·|c|² at the current multipliers ν and weight ρ
     (``self.nu``, ``self.rho``; J alone is :meth:`cost`)."""
@@ -328,7 +329,7 @@ class ControlProblem(Problem):
         the recorded ν and ρ, and the evaluation count goes on."""
         from .. import checkpoint as ckpt
         from ..optim import LBFGS, Adam, minimize
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         osec, con = self.scene["optimize"], self.scene["constraint"]
         method = method or self.default_method
         budget = iterations or osec["iterations"]
@@ -539,49 +540,19 @@ class ControlProblem(Problem):
 
     def plot_solution(self, out, x=None, name="control.png", pm=None):
         """control.png: states, control (with bounds and the analytic control when known),
-        costate λ(t), ∂H/∂u and H(t) along the solution at ``x``."""
-        plt = plot._plt()
+        costate λ(t), ∂H/∂u and H(t) along the solution at ``x`` (``pm``: its
+        :meth:`solution`, computed when None)."""
+        from ..plots import common, control as plots
         pm = pm or self.solution(x)
-        t = pm["t"]
-        fig, axs = plt.subplots(5, 1, figsize=(6.4, 10.5), sharex=True)
-        for i, n in enumerate(self.sys.state_names):
-            axs[0].plot(t, pm["x"][:, i], label=n)
-        for i, v in zip(self.constrained, self.target):
-            axs[0].plot([t[-1]], [v], "x", color="k", ms=7)
-        axs[0].set_ylabel("state x(t)")
-        axs[0].legend(fontsize=7, loc="best")
-        for j, cn in enumerate(self.sys.control_names):
-            axs[1].plot(t, pm["u"][:, j], label=f"{cn} (spline, {self.tr.N} knots)")
-            axs[1].plot(self.tr.knot_times, np.asarray(self.params.vector).reshape(self.sys.nu, -1)[j],
-                        ".", ms=4, color="C0")
-            for b in (self.lower_u[j], self.upper_u[j]):
-                if math.isfinite(b):
-                    axs[1].axhline(b, color="0.5", ls=":", lw=1)
-        if "analytic" in pm:
-            axs[1].plot(t, pm["analytic"]["u"], "--", color="C3", lw=1,
-                        label=f"analytic u* ({pm['analytic']['what']})")
-        axs[1].set_ylabel("control u(t)")
-        axs[1].legend(fontsize=7, loc="best")
-        for i, n in enumerate(self.sys.state_names):
-            axs[2].plot(t, pm["lam"][:, i], label=f"λ_{n}")
-        axs[2].set_ylabel("costate λ(t)")
-        axs[2].legend(fontsize=7, loc="best")
-        for j, cn in enumerate(self.sys.control_names):
-            axs[3].plot(t, pm["dHdu"][:, j], label=f"∂H/∂{cn}")
-        axs[3].axhline(0, color="0.5", lw=0.8)
-        axs[3].set_ylabel("∂H/∂u")
-        axs[3].legend(fontsize=7, loc="best")
-        axs[4].plot(t, pm["H"])
-        axs[4].set_ylabel("H = L + λᵀf")
-        axs[4].set_xlabel("t")
-        span = float(np.max(pm["H"]) - np.min(pm["H"]))
-        mid = float(np.mean(pm["H"]))
-        half = max(span, 1e-3 * max(abs(mid), 1e-12))   # a constant H is drawn flat, not as noise
-        axs[4].set_ylim(mid - half, mid + half)
+        x = self._as_x(x)
         res = ", ".join(f"{self.sys.state_names[i]}(T)−target {v:.1e}"
                         for i, v in zip(self.constrained, pm["residual"]))
-        axs[0].set_title(f"{self.name}: J = {pm['cost']:.6g}" + (f"; {res}" if res else ""), fontsize=9)
-        return plot.save(fig, out, name)
+        fig = plots.solution_figure(
+            pm, self.sys.state_names, self.sys.control_names, self.tr.knot_times,
+            np.asarray(x).reshape(self.sys.nu, -1), (self.lower_u, self.upper_u),
+            list(zip(self.constrained, self.target)),
+            f"{self.name}: J = {pm['cost']:.6g}" + (f"; {res}" if res else ""))
+        return common.save(fig, out, name)
 
 
 # -- analytic solutions -------------------------------------------------------------------
@@ -655,25 +626,6 @@ def knot_sweep(scene, knots=(3, 5, 9, 17, 33), overrides=None, out=None, progres
             e0, e1 = abs(prev[k]), abs(row[k])
             row[f"order_{k}"] = math.log(e0 / e1) / ratio if e0 > 0 and e1 > 0 else None
     if out is not None:
-        plt = plot._plt()
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        Ns = [r["knots"] for r in rows]
-        ax.loglog(Ns, [abs(r["max_control_error"]) for r in rows], "o-", label="max |u_N − u*|")
-        ax.loglog(Ns, [abs(r["cost_error"]) for r in rows], "s-", label="|J_N − J*|")
-        ax.set_xticks(Ns)
-        ax.set_xticklabels([str(n) for n in Ns])
-        ax.minorticks_off()
-        last = rows[-1]
-        if last.get("order_max_control_error") is not None:
-            ax.text(0.03, 0.05, "observed orders in Δ at N = {}: control {:.2f}, cost {}".format(
-                last["knots"], last["order_max_control_error"],
-                "n/a" if last.get("order_cost_error") is None else f"{last['order_cost_error']:.2f}"),
-                transform=ax.transAxes, fontsize=7)
-        ax.set_xlabel("knots N (spacing Δ = T/(N − 1))")
-        ax.set_ylabel("error vs analytic")
-        name = sc.name
-        ax.set_title(f"{name}: linear-spline control vs the closed form", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        plot.save(fig, pathlib.Path(out), "control_convergence.png")
+        from ..plots import common, control as plots
+        common.save(plots.convergence_figure(rows, sc.name), pathlib.Path(out), "control_convergence.png")
     return rows

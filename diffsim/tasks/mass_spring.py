@@ -30,6 +30,7 @@ from .. import runtime
 from ..errors import DiffsimError, GradientError, SceneError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
 from ..systems import bodies
 from ..systems.mass_spring import (BODY_PARAMS, MAX_FIELD_ELEMENTS, OBJECTIVES, SPRING_PARAMS, MassSpring,
@@ -221,7 +222,7 @@ def build(sc, **_):
     return MassSpringProblem(sc)
 
 
-class MassSpringProblem(Problem):
+class MassSpringProblem(Task, Problem):
     """A mass-spring scene as a Problem: the parameters are the flattened entries of the
     groups in ``optimize.params`` (batch axis first), e.g. ``w1[0,3,2]`` or ``stiffness[0,5]``."""
 
@@ -453,10 +454,37 @@ class MassSpringProblem(Problem):
             lines.append(f"  least determined springs: {w}")
         return "\n".join(lines)
 
+    def motion(self, x=None) -> dict:
+        """Batch entry 0's motion at ``x`` (default: current), as
+        :func:`diffsim.plots.mass_spring.animate` takes it: positions (steps + 1, N, 2)
+        [m], springs (S, 2), actuation (steps, A) or None, actuator (S,) and ground [m]."""
+        self.objective(x)
+        sim = self.sim
+        return {"positions": sim.trajectory()[0], "springs": sim.body.springs,
+                "actuation": sim.actuations()[0] if sim.A else None,
+                "actuator": sim.act_idx, "ground": sim.ground}
+
     def plot_run(self, out):
-        from ..systems import mass_spring_plots as plots
-        self.objective()
-        return plots.animate(self, pathlib.Path(out) / f"{self.name}.gif")
+        """<scene>.gif (and .mp4 with ffmpeg): the body's motion at the current parameters."""
+        from ..plots import mass_spring as plots
+        return plots.animate(pathlib.Path(out) / f"{self.name}.gif", **self.motion(), title=self.name)
+
+    def _training_plots(self, r, out, x_before):
+        """loss.png (objective and gradient norm per iteration), stiffness.png (fitted vs
+        true, objective "identify") and before/after animations (bodies of at most 400
+        masses) of the optimisation result ``r``, written in ``out``."""
+        from ..plots import common, mass_spring as plots
+        out = pathlib.Path(out)
+        files = [common.save(plots.loss_figure(r.history.loss, r.history.grad_norm), out, "loss.png")]
+        if self.true_stiffness is not None:
+            self._load(r.x)
+            fig = plots.stiffness_figure(self.true_stiffness, self.sim.get("stiffness")[0])
+            files.append(common.save(fig, out, "stiffness.png"))
+        if self.body.n_masses <= 400:
+            files += plots.animate(out / "before.gif", **self.motion(x_before), title="before")
+            files += plots.animate(out / "after.gif", **self.motion(r.x), title="after")
+            self.set(r.x)
+        return files
 
     # -- optimisation with checkpoints ----------------------------------------------------
     def make_optimizer(self, name=None):
@@ -484,7 +512,7 @@ class MassSpringProblem(Problem):
         ``method`` (default discrete); the optimiser is ``optimize.optimizer``; a gradient norm
         above ``optimize.max_grad_norm`` stops the run as diverged, keeping the best point."""
         from ..optim import minimize
-        from ..problem import checkpoint_path, optimization_report
+        from ..task import checkpoint_path, optimization_report
         o = self.scene["optimize"]
         if seed is not None and seed != self.seed:
             self.sim.init_controller(seed, self.scene["controller"]["scale"])
@@ -505,9 +533,7 @@ class MassSpringProblem(Problem):
             except DiffsimError as e:
                 report["identifiability"] = {"skipped": str(e)}
         if plots and out is not None and loss:
-            from ..systems import mass_spring_plots as plots_mod
-            hist = {"loss": loss, "grad_norm": r.history.grad_norm}
-            report["plots"] = [str(p) for p in plots_mod.training_plots(self, hist, out, x_before, r.x)]
+            report["plots"] = [str(p) for p in self._training_plots(r, out, x_before)]
         return report
 
     def report_text(self, r):

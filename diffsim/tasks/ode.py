@@ -12,8 +12,9 @@ import numpy as np
 from ..errors import DiffsimError
 from ..optim import optimize_schema
 from ..problem import Param, Parameters, Problem
+from ..task import Task
 from ..scene import REQUIRED, Key
-from .. import plot, runtime
+from .. import runtime
 from ..ode import Adjoint, make_solver, solve
 from ..ode.solve import MAX_STEPS, solve_bytes
 from ..ode.data import read_csv
@@ -95,7 +96,7 @@ def build(sc, **_):
     return ODEProblem(sc)
 
 
-class ODEProblem(Problem):
+class ODEProblem(Task, Problem):
     """Fit an ODE's parameters to observations; gradients by any method of ode.solve."""
 
     methods = ("discrete", "adjoint", "forward", "fd")
@@ -446,7 +447,7 @@ class ODEProblem(Problem):
 
     def run_optimization(self, iterations=None, method=None, seed=None, resume=False,
                          out=None, progress=True, plots=True):
-        from ..problem import checkpoint_path
+        from ..task import checkpoint_path
         return self.fit(None, method, iterations, out, progress, plots, None,
                         checkpoint=checkpoint_path(out), resume=resume)
 
@@ -557,50 +558,26 @@ class ODEProblem(Problem):
         return "\n".join(lines)
 
     def _plot_adjoint(self, trace, out):
-        plt = _pyplot()
-        ts = np.concatenate([t for t, _ in reversed(trace)])
-        lam = np.concatenate([l[:, 0] for _, l in reversed(trace)])
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for i, sn in enumerate(self.ode.state_names):
-            ax.plot(ts, lam[:, i], label=f"λ_{sn} = dL/d{sn}(t)")
-        ax.set_xlabel("t")
-        ax.set_ylabel("adjoint λ(t) = dL/dy(t)")
-        ax.set_title(f"{self.name}: adjoint state ({self.adjoint.kind}); jumps at observations",
-                     fontsize=9)
-        ax.legend(fontsize=7)
-        return plot.save(fig, out, "adjoint.png")
+        from ..plots import common, ode as plots
+        fig = plots.adjoint_figure(trace, self.ode.state_names,
+                                   f"{self.name}: adjoint state ({self.adjoint.kind}); jumps at observations")
+        return common.save(fig, out, "adjoint.png")
 
     def _plot_fit(self, x, out, name="fit.png", title=None):
-        plt = _pyplot()
-        ys = self._solve(x).ys[0]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        synthetic = getattr(self, "data_source", None) is None
-        for i, n in enumerate(self.ode.state_names):
-            line, = ax.plot(self.ts, ys[:, i], label=f"{n} (model)")
-            ax.plot(self.ts, self.data[:, i], ".", ms=3, color=line.get_color(),
-                    label=f"{n} ({'synthetic data' if synthetic else 'data'})")
-        ax.set_xlabel("t")
-        ax.set_ylabel("state")
+        from ..plots import common, ode as plots
         if title is None:
             vals = ", ".join(f"{k}={v:.4g}" for k, v in self.params.as_dict(x, only_free=True).items())
             title = f"{self.name}: fitted model ({vals}) and observations"
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-        return plot.save(fig, out, name)
+        fig = plots.fit_figure(self.ts, self._solve(x).ys[0], self.data, self.ode.state_names, title,
+                               synthetic=getattr(self, "data_source", None) is None)
+        return common.save(fig, out, name)
 
     def _plot_sens(self, S, out):
-        plt = _pyplot()
-        fig, axs = plt.subplots(self.ode.n, 1, figsize=(6, 2.2 * self.ode.n), squeeze=False,
-                                sharex=True)
-        for i, sn in enumerate(self.ode.state_names):
-            for k, pn in enumerate(self.ode.param_names):
-                axs[i, 0].plot(self.ts, S[:, i, k], label=f"d{sn}/d{pn}")
-            axs[i, 0].set_ylabel(f"d{sn}/dp")
-            axs[i, 0].legend(fontsize=7)
-        axs[0, 0].set_title(f"{self.name}: sensitivities of the states to the parameters "
-                            "(forward)", fontsize=9)
-        axs[-1, 0].set_xlabel("t")
-        return plot.save(fig, out, "sensitivity.png")
+        from ..plots import common, ode as plots
+        fig = plots.sensitivity_figure(self.ts, S, self.ode.state_names, self.ode.param_names,
+                                       f"{self.name}: sensitivities of the states to the parameters "
+                                       "(forward)")
+        return common.save(fig, out, "sensitivity.png")
 
 
 #: ODEProblem.warnings: relative sensitivity |∂L/∂p|·max(|p|, 1)/L above which the
@@ -660,8 +637,3 @@ def _uncertainty(J, rss, names):
     d = np.sqrt(np.maximum(np.diag(inv), 0.0))
     return np.sqrt(np.maximum(np.diag(cov), 0.0)), inv / np.outer(d, d), []
 
-
-def _pyplot():
-    """matplotlib.pyplot as configured by the caller: the library never switches the
-    backend (the CLI selects Agg)."""
-    return plot._plt()
