@@ -73,18 +73,20 @@ class Forward(GradientMethod):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Adjoint(GradientMethod):
-    """Continuous adjoint; kind "checkpointed" (default: recompute forward states per
-    segment, accurate, memory O(K + N/K)) or "backsolve" (integrate the state backwards
-    alongside λ, memory O(1) in the steps but drifts on unstable or dissipative systems).
+    """Continuous adjoint; kind "checkpointed" (recompute forward states per segment,
+    accurate, memory O(K + N/K)) or "backsolve" (integrate the state backwards alongside λ,
+    memory O(1) in the steps but drifts on unstable or dissipative systems); None (the
+    default, and what the name "adjoint" gives): the problem's own choice (an ODE scene's
+    ``adjoint`` key), else "checkpointed".
 
     For ODE scenes the checkpoint spacing is ``solve(max_fused=...)``: K = ceil(N /
     max_fused) segments."""
 
-    kind: str = "checkpointed"
+    kind: str | None = None
     name: ClassVar[str] = "adjoint"
 
     def __post_init__(self):
-        if self.kind not in ("checkpointed", "backsolve"):
+        if self.kind not in (None, "checkpointed", "backsolve"):
             raise DiffsimError(f"Adjoint(kind={self.kind!r}) is not known; use 'checkpointed' "
                                "(recompute forward per segment) or 'backsolve' (integrate the "
                                "state backwards)")

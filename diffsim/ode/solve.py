@@ -207,6 +207,8 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         it.set_grid(steps)
         it.set_data(d, w)
         run = _ExplicitRun(it, jac, merge=max_fused is None)
+    if isinstance(gradient, Adjoint) and gradient.kind is not None:
+        adjoint = gradient                     # an explicit kind passed as the method wins
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
 
 
@@ -336,9 +338,10 @@ def _solve(run, ts, params, y0, gradient, adjoint, trace) -> Solution:
         gp, gy, S = forward_sensitivities(run.grid(params, y0), len(ts))
         sol.grad_params, sol.grad_y0, sol.sensitivities = gp, gy, S
     elif gradient == "adjoint":
-        sol.grad_params, sol.grad_y0 = continuous_adjoint(run.grid(params, y0), adjoint.kind,
+        kind = adjoint.kind or "checkpointed"
+        sol.grad_params, sol.grad_y0 = continuous_adjoint(run.grid(params, y0), kind,
                                                           trace, sol.stats)
-        sol.stats["adjoint"] = adjoint.kind
+        sol.stats["adjoint"] = kind
     elif gradient == "fd":
         sol.grad_params, sol.grad_y0 = _fd(run, params, y0)
         run.losses(params, y0)          # leave the run at the unperturbed inputs

@@ -256,7 +256,7 @@ class CannonProblem(Task, Problem):
             f, gin = self.sim.forward_tangent(self._input_names(), self.objective_type,
                                               self.maximize, factor=factor)
         elif method == "adjoint":
-            if method.kind != "checkpointed":
+            if method.kind not in (None, "checkpointed"):
                 raise DiffsimError(
                     f"Adjoint(kind={method.kind!r}) is not offered for {self.name}: the cannon's "
                     "adjoint integrates along the recorded forward states (memory O(steps)); "

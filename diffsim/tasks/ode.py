@@ -131,6 +131,7 @@ class ODEProblem(Task, Problem):
         return self._solve(x, data=self.data).loss
 
     def _value_and_grad(self, x, method):
+        # an Adjoint with an explicit kind overrides the scene's `adjoint` key (solve does it)
         s = self._solve(x, gradient=method, data=self.data)
         self._last = (np.array(x, dtype=np.float64), method, s.loss, s.grad_params[0].copy())
         return s.loss, s.grad_params[0]
