@@ -86,13 +86,18 @@ def test_refused_paths(runtime):
     assert sim.outputs()["bounces"][0] == 1
     kw = dict(solver=Euler(), dt=0.01, gradient="discrete")
     lv = SYSTEMS["lotka_volterra"]
+    flat = Projectile(1, steps=300, dt=0.01)          # no bounce: forward mode's own limit
+    flat.set_inputs(speed=12.0, angle=0.4)
     if runtime.backend == "quadrants":
         with pytest.raises(DiffsimError, match="bounce.*quadrants backend"):
             sim.backward()
         with pytest.raises(DiffsimError, match="quadrants backend"):
             solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], **kw)
+        with pytest.raises(DiffsimError, match="forward mode.*quadrants backend"):
+            flat.forward_tangent(["angle"], "range")
     else:
         assert np.isfinite(sim.backward()["angle"][0])
+        assert np.isfinite(flat.forward_tangent(["angle"], "range")[1]["angle"][0])
         assert np.isfinite(solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], **kw).grad_params).all()
 
 

@@ -733,6 +733,14 @@ class Projectile(runtime.RuntimeBound):
         dt/factor (no autodiff stack in forward mode, so finer steps need no new segments;
         step-doubling error estimates use factor=2)."""
         self._check_runtime()
+        if self._runtime.backend == "quadrants":
+            # measured: Quadrants 1.3.3 fails to compile the fused cannon loop in forward
+            # mode (statements.cpp UnaryOpStmt: !operand->is<AllocaStmt>()), a crash
+            raise DiffsimError(
+                "forward mode (--method forward) for the cannon is not available on the "
+                "quadrants backend: Quadrants 1.3.3 cannot compile its fused time loop in "
+                "forward mode (taichi-notes 33). Use --method discrete (the same gradient), "
+                "or --backend taichi")
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
         bad = [n for n in inputs if n not in INPUTS]
