@@ -31,6 +31,7 @@ GRADIENT_TESTS = (
     "test_ode_implicit.py",
     "test_gradient_methods.py::test_mass_spring_forward_mode_matches_central_differences",
     "test_gradient_methods.py::test_mass_spring_problem_forward_and_its_limit",
+    "test_gradient_methods.py::test_cannon_adjoint_without_bounces_against_the_exact_ode",
     "test_hessian.py::test_cannon_hessian_matches_the_vacuum_closed_form",
     "test_backends.py::test_refused_paths",
 )
