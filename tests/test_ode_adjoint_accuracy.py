@@ -18,22 +18,19 @@ T = 10.0
 TS = np.linspace(0, T, 101)
 
 
-def lv_exact_gradient(p, y0, ts, data):
-    """dL/d(p, y0) of L = Σ_j |y(t_j) - d_j|² for Lotka–Volterra, from the forward
-    sensitivity equations S' = J S + [∂f/∂p | 0] (DOP853, rtol 1e-13, atol 1e-15)."""
-    a, b, c, d = p
+def _benchmark_module():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "ode.py"
+    spec = importlib.util.spec_from_file_location("_ode_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
-    def rhs(t, z):
-        u, v = z[:2]
-        S = z[2:].reshape(2, 6)
-        J = np.array([[a - b * v, -b * u], [d * v, d * u - c]])
-        dS = J @ S
-        dS[:, :4] += np.array([[u, -u * v, 0, 0], [0, 0, -v, u * v]])
-        return np.concatenate([[a * u - b * u * v, d * u * v - c * v], dS.ravel()])
-    z0 = np.concatenate([y0, np.hstack([np.zeros((2, 4)), np.eye(2)]).ravel()])
-    s = solve_ivp(rhs, (ts[0], ts[-1]), z0, method="DOP853", rtol=1e-13, atol=1e-15, t_eval=ts)
-    r = 2 * (s.y[:2].T - data)
-    return np.einsum("jc,jcq->q", r, s.y[2:].T.reshape(-1, 2, 6))
+
+#: dL/d(p, y0) of Lotka–Volterra from the forward sensitivity equations (DOP853, rtol
+#: 1e-13): one reference, shared with benchmarks/ode.py's accuracy table
+lv_exact_gradient = _benchmark_module().lv_exact_gradient
 
 
 @pytest.fixture(scope="module")

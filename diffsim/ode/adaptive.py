@@ -142,6 +142,17 @@ def _keep(v, n):
     return ti.Vector([_impl.expr_init(_at(w, i)) for i in range(n)])
 
 
+def _cached(cls, what, ode, solver, B):
+    """The ``cls`` object for (ODE, tableau, B) in this runtime, built once and kept in the
+    ODE's cache (its kernels compile once per runtime generation)."""
+    _check_solver(solver)
+    key = (what, type(solver).__name__, tuple(solver.c), int(B), runtime.current().generation)
+    st = ode._cache.get(key)
+    if st is None:
+        st = ode._cache[key] = cls(ode, solver, B)
+    return st
+
+
 class AdaptiveStepper(runtime.RuntimeBound):
     """Fields and the stepping kernel for one (ODE, tableau, batch size B).
 
@@ -150,14 +161,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
 
     @classmethod
     def get(cls, ode, solver, B):
-        _check_solver(solver)
-        key = ("adaptive", type(solver).__name__, tuple(solver.c), int(B),
-               runtime.current().generation)
-        st = ode._cache.get(key)
-        if st is None:
-            st = cls(ode, solver, B)
-            ode._cache[key] = st
-        return st
+        return _cached(cls, "adaptive", ode, solver, B)
 
     def __init__(self, ode, solver, B):
         info = self._bind_runtime()
@@ -451,13 +455,7 @@ class AdjointStages(runtime.RuntimeBound):
 
     @classmethod
     def get(cls, ode, solver, B):
-        _check_solver(solver)
-        key = ("adjoint_stages", type(solver).__name__, tuple(solver.c), int(B),
-               runtime.current().generation)
-        st = ode._cache.get(key)
-        if st is None:
-            st = ode._cache[key] = cls(ode, solver, B)
-        return st
+        return _cached(cls, "adjoint_stages", ode, solver, B)
 
     def __init__(self, ode, solver, B):
         info = self._bind_runtime()
