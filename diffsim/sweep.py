@@ -946,10 +946,20 @@ def plots(tab, rep, out) -> list:
     other axes), sweep_objective.png (objective along the first parameter axis, the
     gradient drawn as tangent ticks, others at their middle value) and
     sweep_optima.png (multi-start: where the starts went). Sets
-    ``rep["gradient_consistency"]`` when gradients are drawn."""
-    from .plots.common import pyplot as _plt, save as _save
-    plt = _plt()
-    paths = []
+    ``rep["gradient_consistency"]`` when gradients are drawn. The arrays come from
+    :func:`figure_data`; :mod:`diffsim.plots.sweep` draws them."""
+    from .plots import sweep as draw
+    return draw.write(figure_data(tab, rep), out)
+
+
+def figure_data(tab, rep) -> dict:
+    """What the sweep's figures show, as arrays (no drawing):
+    ``heatmap`` (keys xa, xb, Z (len(xb), len(xa)), a, b, more_axes) when there are
+    two numeric axes; ``line`` (key, target, x, f, g or None, worst, others) along the
+    first parameter axis; ``optima`` (per free name: starts and optima, the objective
+    at the optimum, status counts, n) for a multi-start. Sets
+    ``rep["gradient_consistency"]`` when the line has gradients."""
+    data = {}
     axes = _numeric_axes(rep)
     f_all = np.asarray(_col(tab, "objective"), dtype=float)
     if len(axes) >= 2:
@@ -962,21 +972,7 @@ def plots(tab, rep, out) -> list:
                 sel = (ca == va) & (cb == vb) & np.isfinite(f_all)
                 if sel.any():
                     Z[j, i] = np.min(f_all[sel])
-        fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        fin = Z[np.isfinite(Z)]
-        norm = None
-        if fin.size and fin.min() > 0 and fin.max() / fin.min() > 100:
-            from matplotlib.colors import LogNorm
-            norm = LogNorm(vmin=fin.min(), vmax=fin.max())
-        m = ax.pcolormesh(xa, xb, np.ma.masked_invalid(Z), shading="nearest", cmap="viridis", norm=norm)
-        fig.colorbar(m, ax=ax, label="objective" + (" (min over the other axes)" if len(axes) > 2 else ""))
-        if np.isnan(Z).any():
-            ax.set_facecolor("0.85")
-        ax.set_xlabel(a["key"])
-        ax.set_ylabel(b["key"])
-        ax.set_title(f"objective over {a['key']} × {b['key']}" +
-                     (" (grey: failed)" if np.isnan(Z).any() else ""))
-        paths.append(_save(fig, out, "sweep_heatmap.png"))
+        data["heatmap"] = dict(xa=xa, xb=xb, Z=Z, a=a["key"], b=b["key"], more_axes=len(axes) > 2)
     line = next((a for a in axes if a["kind"] == "param"), axes[0] if axes else None)
     sel = _others_mask(tab, axes, {line["key"]}) if line is not None else None
     if line is not None and np.sum(np.isfinite(f_all[sel])) < 2:
@@ -989,61 +985,22 @@ def plots(tab, rep, out) -> list:
         gcol = f"grad.{line['target']}"
         g = (np.asarray(_col(tab, gcol), float)[sel][order]
              if line["kind"] == "param" and _has(tab, gcol) else None)
-        fig, ax = plt.subplots(figsize=(7, 4.3))
-        ax.plot(x, f, "o-", ms=3, lw=0.8, color="0.45", label="objective (sweep)")
-        title = f"objective along {line['key']}"
+        worst = math.nan
         if g is not None:
-            ok = np.isfinite(f) & np.isfinite(g)
-            sx = np.ptp(x) or 1.0
-            fy = f[np.isfinite(f)]
-            sy = (np.ptp(fy) if fy.size else 1.0) or 1.0
-            half = min(0.035, 0.45 / max(len(x) - 1, 1))   # ticks shorter than the spacing
-            for xi, fi, gi in zip(x[ok], f[ok], g[ok]):
-                d = np.array([1.0 / sx, gi / sy])         # the tangent in axes-fraction units
-                d *= half / np.linalg.norm(d)
-                ax.plot([xi - d[0] * sx, xi + d[0] * sx], [fi - d[1] * sy, fi + d[1] * sy],
-                        color="C3", lw=1.6, solid_capstyle="round")
-            ax.plot([], [], color="C3", lw=1.6, label=f"gradient d objective / d {line['target']} (tangent)")
             worst = gradient_consistency(x, f, g)
             rep["gradient_consistency"] = {"axis": line["key"], "worst_relative_difference": worst}
-            if math.isfinite(worst):
-                title += f"\nworst |central difference − gradient| / steepest slope = {worst:.2g}"
-        others = [a["key"] for a in axes if a["key"] != line["key"]]
-        if others:
-            title += "\n(" + ", ".join(f"{k} at its middle value" for k in others) + ")"
-        ax.set_xlabel(line["key"])
-        ax.set_ylabel("objective")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-        paths.append(_save(fig, out, "sweep_objective.png"))
+        data["line"] = dict(key=line["key"], target=line["target"], x=x, f=f, g=g, worst=worst,
+                            others=[a["key"] for a in axes if a["key"] != line["key"]])
     if rep.get("multistart"):
         free = [n for n in rep.get("free", []) if _has(tab, f"opt.{n}")][:4]
-        fig, axs = plt.subplots(1, len(free) + 1, figsize=(3.6 * (len(free) + 1), 3.4), squeeze=False)
-        for ax, n in zip(axs[0], free):
-            st = np.asarray(_col(tab, f"start.{n}"), float)
-            op = np.asarray(_col(tab, f"opt.{n}"), float)
-            op = op[np.isfinite(op)]
-            lo, hi = np.nanmin(np.r_[st, op]), np.nanmax(np.r_[st, op])
-            bins = np.linspace(lo, hi if hi > lo else lo + 1, 25)
-            ax.hist(st, bins=bins, color="0.75", label="starts")
-            ax.hist(op, bins=bins, color="C0", alpha=0.85, label="optima")
-            ax.set_xlabel(n)
-            ax.legend(fontsize=7)
-        ax = axs[0][-1]
-        fin = f_all[np.isfinite(f_all)]
-        if fin.size:
-            if fin.min() > 0 and fin.max() / fin.min() > 100:
-                ax.hist(fin, bins=np.geomspace(fin.min(), fin.max(), 25), color="C2")
-                ax.set_xscale("log")
-            else:
-                ax.hist(fin, bins=25, color="C2")
-        ax.set_xlabel("objective at the optimum")
         st = _col(tab, "status")
-        kinds = {k: int(np.sum(st == k)) for k in dict.fromkeys(st.tolist())}
-        ax.set_title(", ".join(f"{k}: {v}" for k, v in kinds.items()), fontsize=8)
-        fig.suptitle(f"{len(tab)} optimisations from random starts", fontsize=10)
-        paths.append(_save(fig, out, "sweep_optima.png"))
-    return paths
+        data["optima"] = dict(
+            starts={n: np.asarray(_col(tab, f"start.{n}"), float) for n in free},
+            optima={n: np.asarray(_col(tab, f"opt.{n}"), float) for n in free},
+            objective=f_all[np.isfinite(f_all)],
+            status={k: int(np.sum(st == k)) for k in dict.fromkeys(st.tolist())},
+            n=len(tab))
+    return data
 
 
 def _has(tab, c):
