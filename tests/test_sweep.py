@@ -77,7 +77,7 @@ def test_distributed_equals_serial(client):
         assert sw.gradient_consistency(x, f, 1.3 * g) > 0.2     # the check can fail
 
 
-def test_multistart_distributed_equals_serial(client):
+def test_multistart_distributed_equals_serial(client, tmp_path):
     """Optimisations change their Problem (the cannon narrows the angle's bounds to an
     arc): each point must start from the built state, wherever it runs."""
     serial = sw.sweep("cannon", None, **MULTI)
@@ -86,6 +86,11 @@ def test_multistart_distributed_equals_serial(client):
     # both arcs found: the starts split between the low (0.40 rad) and high (1.09 rad) hits
     assert set(serial.status) == {"converged"}
     assert set(serial["opt.angle"].round(2)) == {0.40, 1.09}
+    rep = {"multistart": 6, "free": ["angle", "speed"]}
+    d = sw.figure_data(serial, rep)["optima"]
+    assert d["n"] == 6 and d["status"] == {"converged": 6}
+    np.testing.assert_array_equal(d["optima"]["angle"], serial["opt.angle"])
+    assert [p.name for p in sw.plots(serial, rep, tmp_path)] == ["sweep_optima.png"]
     # an optimisation on the low arc narrows this process's Problem's angle bounds to
     # below ~0.77 rad while it runs; the next sweep sees the scene's bounds again
     low = ["optimize.iterations=2"]
