@@ -238,7 +238,7 @@ def hvp(problem, v, x=None, method=None, names=None, step=None, error_estimate=F
     v = np.asarray(v, dtype=np.float64)
     if v.shape != (len(idx),):
         raise DiffsimError(f"hvp: v must have {len(idx)} entries ({', '.join(names)}), got {v.shape}")
-    exact = getattr(problem, "exact_hvp", None)
+    exact = problem.exact_hvp
     if exact is not None:
         vf = np.zeros(len(x))
         vf[idx] = v
@@ -282,7 +282,7 @@ def hessian(problem, x=None, method=None, names=None, step=None, error_estimate=
     s = _scales(problem, x, idx)
     rel = REL_STEP if step is None else float(step)
     steps = rel * s
-    exact = getattr(problem, "exact_hvp", None)
+    exact = problem.exact_hvp
     lo, hi = problem.params.lower[idx], problem.params.upper[idx]
     H1 = np.zeros((k, k))
     rnd = np.zeros(k)
@@ -344,7 +344,7 @@ def free_hvp(problem, x, free, v, method, step=None):
     at ``x``; v (k,). For optimisers (Newton-CG): exact when the problem has
     ``exact_hvp``, else central differences of gradients as :func:`hvp`."""
     idx = np.nonzero(free)[0]
-    exact = getattr(problem, "exact_hvp", None)
+    exact = problem.exact_hvp
     if exact is not None:
         vf = np.zeros(len(x))
         vf[idx] = v

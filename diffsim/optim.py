@@ -350,7 +350,7 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
     iterations: most gradient evaluations in total (a resumed run counts earlier ones).
     method: gradient method (problem default). progress: a progress bar with the loss on
     stderr (default: when stderr is a terminal). callback(it, x, f, g): called after each
-    evaluation; return True to stop. ``problem.converged(x, f)`` (if defined) ends the run
+    evaluation; return True to stop. ``problem.converged(x, f)`` (a Problem hook) ends the run
     with status "converged".
 
     checkpoint: a file path; after every iteration it holds the next point, the optimiser's
@@ -410,8 +410,8 @@ def minimize(problem, optimizer=None, *, iterations=100, method=None, x0=None,
     remaining = max(iterations - done, 0)
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(remaining, show, desc or f"optimize {problem.name}")
-    converged = getattr(problem, "converged", None)
-    extra = getattr(problem, "progress_info", None)
+    converged = problem.converged
+    extra = problem.progress_info
     t0 = time.perf_counter()
     status, message = "max_iterations", ""
     state = {"x_next": x.copy()}
@@ -575,10 +575,10 @@ def _run_newton(opt, evaluate, problem, method, x, free, scale, lo, hi, iteratio
         except DiffsimError as e:
             raise _Stop("stalled", f"cannot take second derivatives here: {e}") from None
         opt.hessian_gradients += n
-        opt.hessian_method = "exact" if getattr(problem, "exact_hvp", None) else "fd-of-gradient"
+        opt.hessian_method = "exact" if problem.exact_hvp else "fd-of-gradient"
         return out
 
-    gauss_newton = getattr(problem, "gauss_newton_hessian", None)
+    gauss_newton = problem.gauss_newton_hessian
     if opt.hessian == "gauss-newton" and gauss_newton is None:
         raise DiffsimError(f"optimizer {opt.name!r} needs a least-squares objective with a "
                            f"residual Jacobian, which {problem.name} does not provide; use "

@@ -100,6 +100,19 @@ class Problem:
 
     params: Parameters
 
+    # -- optional hooks: None where a problem has none; subclasses define methods -----
+    #: converged(x, f) -> bool: the problem's own stopping test (minimize ends with
+    #: status "converged" when it returns True)
+    converged = None
+    #: progress_info(x) -> str: a short text the progress bar shows beside the loss
+    progress_info = None
+    #: exact_hvp(x, v, method) -> (H·v, gradients used): a Hessian-vector product
+    #: exact to round-off; without it diffsim.hessian differences exact gradients
+    exact_hvp = None
+    #: gauss_newton_hessian(x) -> JᵀJ (n, n) of a least-squares objective ½·|r|²,
+    #: J = dr/dx; needed by the Gauss–Newton optimiser
+    gauss_newton_hessian = None
+
     # -- to implement ----------------------------------------------------------------
     def _objective(self, x: np.ndarray) -> float:
         raise NotImplementedError

@@ -11,29 +11,12 @@ from diffsim.cli import main
 from diffsim.errors import DiffsimError
 from diffsim.optim import LBFGS, OPTIMIZERS, Newton, NewtonCG, make_optimizer, minimize
 from diffsim.problem import Param, Parameters, Problem
+from test_optim import Rosenbrock as _Rosenbrock
 
 
-class Rosenbrock(Problem):
-    """f = Σ 100 (x_{i+1} - x_i²)² + (1 - x_i)²; optional Ctrl-C at a given gradient call."""
-
-    name = "rosenbrock"
-
-    def __init__(self, n=2, start=-1.2, lo=-5.0, hi=5.0, interrupt_at=None):
-        self.params = Parameters([Param(f"x{i}", start if i % 2 == 0 else 1.0, lo, hi, True)
-                                  for i in range(n)])
-        self.calls, self.interrupt_at = 0, interrupt_at
-
-    def _objective(self, x):
-        return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
-
-    def _value_and_grad(self, x, method):
-        self.calls += 1
-        if self.interrupt_at is not None and self.calls >= self.interrupt_at:
-            raise KeyboardInterrupt
-        g = np.zeros_like(x)
-        g[:-1] += -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
-        g[1:] += 200 * (x[1:] - x[:-1] ** 2)
-        return self._objective(x), g
+def Rosenbrock(**kw):
+    """test_optim's Rosenbrock from the classic start (-1.2, 1, -1.2, 1, …)."""
+    return _Rosenbrock(**{"start": -1.2, "odd": 1.0, **kw})
 
 
 @pytest.mark.parametrize("cls", [Newton, NewtonCG])

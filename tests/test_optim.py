@@ -12,12 +12,15 @@ from diffsim.problem import Param, Parameters, Problem
 
 
 class Rosenbrock(Problem):
-    """f = Σ 100 (x_{i+1} - x_i²)² + (1 - x_i)²; optional faults at a given call."""
+    """f = Σ 100 (x_{i+1} - x_i²)² + (1 - x_i)², minimum 0 at x = 1; starts at ``start``
+    (``odd`` at odd indices when given), bounds [lo, hi]; optional faults at a given
+    gradient call (a NaN gradient, Ctrl-C). Shared with test_newton.py."""
 
     name = "rosenbrock"
 
-    def __init__(self, n=2, nan_at=None, interrupt_at=None, start=-1.0):
-        self.params = Parameters([Param(f"x{i}", start, -5.0, 5.0, True) for i in range(n)])
+    def __init__(self, n=2, nan_at=None, interrupt_at=None, start=-1.0, odd=None, lo=-5.0, hi=5.0):
+        self.params = Parameters([Param(f"x{i}", start if i % 2 == 0 or odd is None else odd,
+                                        lo, hi, True) for i in range(n)])
         self.calls, self.nan_at, self.interrupt_at = 0, nan_at, interrupt_at
 
     def _objective(self, x):
