@@ -26,9 +26,10 @@ Trust. ``forward`` refuses (SimulationError) a cannon still flying at the horizo
 error estimates. ``backward`` refuses a missing or stale forward pass and never
 accumulates.
 
-The time loop is fused into one kernel launch per segment of at most
-``runtime.MAX_FUSED_STEPS`` steps, over the batch; segment boundary states are stored,
-and the reverse pass runs the segments' gradient kernels backwards. Launch latency
+The time loop runs on :class:`diffsim.tape.Tape` with the Fused launch policy: fused
+into one kernel launch per segment of at most ``runtime.MAX_FUSED_STEPS`` steps, over
+the batch; segment boundary states are stored, and the reverse pass runs the segments'
+gradient kernels backwards (``_make_tape`` lists the kernels in the tape's contract). Launch latency
 dominates small batches, so a forward pass is 2 + (segments) launches (start; segments;
 end, which also copies loss and outputs into a host buffer) and a backward pass the same
 count (end.grad; segments' grads; launch.grad; take_grad, which copies the gradients out
