@@ -11,7 +11,8 @@ The time loop runs inside ``for b in range(B)`` with the state carried as scalar
 (taichi-notes 1–4); parameters are re-read from P inside every step (a parameter read
 into a local before the inner loop got a wrong reverse-mode gradient, measured). One
 launch integrates one segment of at most ``max_fused`` steps; reverse mode calls the
-segments' ``.grad`` kernels backwards (diffsim.tape drives both, Fused launch policy), so memory is K + 1 stored states plus one
+segments' ``.grad`` kernels backwards (diffsim.tape drives both, Fused launch
+policy), so memory is K + 1 stored states plus one
 segment's autodiff stack: O(K + N/K).
 
 Launch overhead matters at this size (one Lotka–Volterra RK4 step is ~50 ns): a parallel

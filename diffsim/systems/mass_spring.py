@@ -36,10 +36,10 @@ layer sums, the objective, and every gradient accumulation of the reverse kernel
 done in one fixed order: identical inputs give bitwise identical objectives and
 gradients. (Flat parallel loops over (body, spring) summed with atomics in thread
 order, which changed the last bits between runs; robot optimisations amplify such bits
-through grazing contacts, see docs/mass_spring.md.) The reverse sweep (diffsim.tape, Stepped launch
-policy) calls the step kernel's ``.grad`` for t = steps-1 … 0 without ti.ad.Tape (no per-call clearing of every
-gradient). A time loop fused inside one kernel over per-step fields gave wrong gradients
-(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
+through grazing contacts, see docs/mass_spring.md.) The reverse sweep (diffsim.tape,
+Stepped launch policy) calls the step kernel's ``.grad`` for t = steps-1 … 0 without
+ti.ad.Tape (no per-call clearing of every gradient). A time loop fused inside one
+kernel over per-step fields gave wrong gradients (zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
 loops of one top-level batch loop (zero stiffness gradients), so neither is used.
 """
 
