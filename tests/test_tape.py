@@ -255,3 +255,60 @@ def test_segments_and_policies():
         tape.Stepped(0)
     with pytest.raises(DiffsimError, match="at least 1"):
         tape.segments(0)
+
+
+def test_ode_integration_on_the_tape_guards_and_gradient():
+    from diffsim.ode.solvers import quiet_trace
+    with quiet_trace():          # the ODE kernels' trace-time helpers warn on purpose
+        _ode_integration_on_the_tape()
+
+
+def _ode_integration_on_the_tape():
+    # the ODE driver through the tape: six segments (max_fused 7), the gradient against
+    # central differences, a repeated backward() equal (it used to add into the last
+    # one's gradients), and stale inputs refused
+    from diffsim.ode import RK4
+    from diffsim.ode.integration import Integration
+    from diffsim.ode.steps import StepGrid
+    from diffsim.ode.systems import SYSTEMS
+    N, h = 40, 0.05
+    obs = np.full(N, -1)
+    obs[-1] = 0
+    grid = StepGrid.arrays(np.full(N, h), h * np.arange(N), obs, -1, [N * h])
+    it = Integration(SYSTEMS["oscillator"], RK4(), 2, N, 1, max_fused=7)
+    it.set_grid(grid)
+    assert len(it.segs) == 6 and sum(n for _, n in it.segs) == N
+    it.set_data(np.zeros((2, 1, 2)), np.ones((2, 1, 2)))
+    p, y0 = np.array([[2.0, 0.1], [1.5, 0.3]]), np.array([[1.0, 0.0], [0.5, -0.2]])
+    with pytest.raises(DiffsimError, match="needs a forward"):
+        it.backward()
+
+    def loss(pp):
+        it.set_inputs(pp, y0)
+        return it.forward()
+    loss(p)
+    gp, gy = it.backward()
+    np.testing.assert_array_equal(it.backward()[0], gp)
+    eps = 1e-6
+    for b, j in ((0, 0), (1, 1)):
+        e = np.zeros_like(p)
+        e[b, j] = eps
+        fd = (loss(p + e) - loss(p - e)) / (2 * eps)
+        assert gp[b, j] == pytest.approx(fd, rel=1e-7)
+    it.set_inputs(p, y0)
+    with pytest.raises(DiffsimError, match="inputs changed since the last forward"):
+        it.backward()
+
+
+def test_mass_spring_backward_refuses_changed_parameters():
+    from diffsim.systems import bodies
+    from diffsim.systems.mass_spring import MassSpring
+    sim = MassSpring(bodies.triangle(), steps=5, dt=0.004)
+    with pytest.raises(DiffsimError, match="needs a forward"):
+        sim.backward()
+    sim.forward("height")
+    g = sim.backward()["stiffness"].copy()
+    np.testing.assert_array_equal(sim.backward()["stiffness"], g)
+    sim.set(stiffness=sim.get("stiffness") * 1.01)
+    with pytest.raises(DiffsimError, match=r"after set\(\): the inputs changed"):
+        sim.backward()

@@ -608,6 +608,7 @@ class MassSpring(runtime.RuntimeBound):
         """Reverse sweep after :meth:`forward`: d objective / d parameter, each shaped like
         the parameter (batch axis first)."""
         self._check_runtime()
+        self._tape.check_reverse()       # before reading the objective a forward() sets
         return self._tape.backward((self._objective,))
 
     def forward_tangent(self, objective, entries):
