@@ -10,9 +10,10 @@ owns everything around them:
 - the forward sweep (start → pieces in order → finish), the reverse sweep (finish.grad
   → pieces' ``.grad`` backwards → start.grad → read the gradients) and the tangent
   (forward-mode) sweep (the forward sweep run inside Taichi's ``FwdMode``);
-- the guards: a reverse sweep needs an accepted forward sweep with the same inputs, and
-  clears the gradients first when the last reverse sweep left them dirty (it did not
-  complete, or its read does not reset them).
+- the guards: a reverse sweep needs an accepted forward sweep with the same inputs,
+  refuses fused launches longer than the autodiff stack allows (:func:`reverse_limit`),
+  and clears the gradients first when the last reverse sweep left them dirty (it did
+  not complete, or its read does not reset them).
 
 The contract a system fulfils is :class:`Kernels`; docs/architecture.md ("How to add a
 system") walks through it and tests/test_tape.py holds a complete small example.
@@ -58,6 +59,14 @@ class Sweep(NamedTuple):
 
 
 FORWARD, REVERSE, TANGENT = Sweep("forward"), Sweep("reverse"), Sweep("tangent")
+
+
+def reverse_limit() -> int:
+    """Most steps a reverse sweep differentiates in one fused launch: a quarter of
+    ``runtime.AD_STACK_SIZE`` (the 4× margin of runtime's docstring; measured: a
+    Lotka–Volterra RK4 segment of 3,000 steps crashed the process with a bus error, and a
+    stack a few entries short gives silently wrong gradients, taichi-notes 12)."""
+    return runtime.AD_STACK_SIZE // 4
 
 
 def segments(n_steps: int, max_fused: int | None = None) -> list[tuple[int, int]]:
@@ -211,6 +220,8 @@ class Tape:
         self.n_steps = int(n_steps)
         self.pieces = self.policy.pieces(self.n_steps)
         self._refined = {1: self.pieces}
+        # the longest fused launch a reverse sweep would differentiate (Stepped: none)
+        self._fused_longest = max(p.n for p in self.pieces) if isinstance(self.policy, Fused) else 0
         self._accepted = None
 
     @property
@@ -297,6 +308,14 @@ class Tape:
         cleared first unless they are known to be clean, so they never accumulate across
         calls; refuses (DiffsimError) without a valid forward sweep (:meth:`check_reverse`)."""
         self.check_reverse()
+        if self._fused_longest > reverse_limit():
+            lim = reverse_limit()
+            raise DiffsimError(
+                f"the reverse sweep would differentiate {self._fused_longest} steps fused in "
+                f"one launch; the autodiff stack (runtime.AD_STACK_SIZE = "
+                f"{runtime.AD_STACK_SIZE} entries) allows at most {lim} with diffsim's 4x "
+                f"margin (more gives wrong gradients or crashes the process): use segments "
+                f"of at most {lim} steps (max_fused <= {lim})")
         k = self.k
         if not self._grads_clean:
             k.clear_grads()

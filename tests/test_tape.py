@@ -312,3 +312,13 @@ def test_mass_spring_backward_refuses_changed_parameters():
     sim.set(stiffness=sim.get("stiffness") * 1.01)
     with pytest.raises(DiffsimError, match=r"after set\(\): the inputs changed"):
         sim.backward()
+
+
+def test_reverse_refuses_fused_launches_longer_than_the_autodiff_stack_allows():
+    # forward-only sweeps may fuse long segments; a reverse sweep through one would
+    # overflow the autodiff stack (a bus error at 3,000 RK4 steps), so it is refused
+    n = tape.reverse_limit() + 1
+    sim = Decay(K, X0, steps=n, dt=1e-4, policy=tape.Fused(max_fused=n))
+    assert sim.forward() == pytest.approx(closed_form(K, X0, n, 1e-4)[0], rel=1e-12)
+    with pytest.raises(DiffsimError, match=r"at most 512 .*max_fused <= 512"):
+        sim.backward()
