@@ -116,7 +116,7 @@ class Projectile(runtime.RuntimeBound):
         runtime.check_memory(self.nbytes(self.B, self.steps, np.dtype(info.numpy_dtype).itemsize),
                              what=f"a projectile batch of {self.B} cannons × {self.steps} steps",
                              key="batch × steps", value=(self.B, self.steps))
-        self.segs = runtime.segments(self.steps)
+        self.segs = [(p.t0, p.n) for p in self._policy.pieces(self.steps)]  # = the tape's
         self.real, self.np_real = real, info.numpy_dtype
         B, K = self.B, len(self.segs)
         # Inputs and outputs are packed in one 2-D field each, so moving them between
