@@ -13,12 +13,12 @@ taichi 1.7.4 (see docs/taichi-notes.md): a stack a few entries too small gives *
 wrong* gradients, and a stack of 32,768 entries crashes the CPU backend. diffsim therefore
 fixes the stack at :data:`AD_STACK_SIZE` and never fuses more than :data:`MAX_FUSED_STEPS`
 steps into one launch: longer horizons are split into segments (:func:`segments`), whose
-boundary states are stored, so any horizon is safe and memory is O(segments).
+boundary states are stored, so any horizon is safe and memory is O(segments). The
+schedule and the sweeps are the tape's (:mod:`diffsim.tape`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 
@@ -138,18 +138,9 @@ def has_ad_stack(info: RuntimeInfo | None = None) -> bool:
 
 def segments(n_steps: int, max_fused: int | None = None) -> list[tuple[int, int]]:
     """Split ``n_steps`` into (first_step, length) pieces of at most MAX_FUSED_STEPS each,
-    as equal as possible."""
-    if n_steps < 1:
-        raise DiffsimError(f"the number of steps must be at least 1, got {n_steps}")
-    m = max_fused or MAX_FUSED_STEPS
-    k = math.ceil(n_steps / m)
-    base, extra = divmod(n_steps, k)
-    out, start = [], 0
-    for i in range(k):
-        n = base + (1 if i < extra else 0)
-        out.append((start, n))
-        start += n
-    return out
+    as equal as possible (the schedule of :class:`diffsim.tape.Fused`; see there)."""
+    from .tape import segments as _segments
+    return _segments(n_steps, max_fused)
 
 
 #: Largest allocation diffsim makes without being told otherwise: half the machine's

@@ -11,7 +11,8 @@ The time loop runs inside ``for b in range(B)`` with the state carried as scalar
 (taichi-notes 1–4); parameters are re-read from P inside every step (a parameter read
 into a local before the inner loop got a wrong reverse-mode gradient, measured). One
 launch integrates one segment of at most ``max_fused`` steps; reverse mode calls the
-segments' ``.grad`` kernels backwards, so memory is K + 1 stored states plus one
+segments' ``.grad`` kernels backwards (diffsim.tape drives both, Fused launch
+policy), so memory is K + 1 stored states plus one
 segment's autodiff stack: O(K + N/K).
 
 Launch overhead matters at this size (one Lotka–Volterra RK4 step is ~50 ns): a parallel
@@ -21,12 +22,11 @@ run serialized below :data:`PARALLEL_MIN` members, inputs and outputs travel thr
 kernel with ``ndarray`` arguments each, and the step grid and data are re-uploaded only
 when they change.
 """
-import math
 
 import numpy as np
 from ..backend import ti
 
-from .. import runtime
+from .. import runtime, tape
 from ..errors import DiffsimError
 
 
@@ -48,7 +48,10 @@ class Integration(runtime.RuntimeBound):
         self.ode, self.solver = ode, solver
         self.B, self.N, self.J = int(batch), int(n_steps), max(int(n_save), 1)
         self.max_fused = int(max_fused or runtime.MAX_FUSED_STEPS)
-        self.Kcap = math.ceil(self.N / self.max_fused)
+        # the time loop fused per segment of max_fused steps; batch loops serial below
+        # PARALLEL_MIN members
+        self._policy = tape.Fused(self.max_fused, serial_max_batch=PARALLEL_MIN - 1)
+        self.Kcap = self._policy.slots(self.N) - 1
         n, m, B, J = ode.n, ode.m, self.B, self.J
         self.np_real = info.numpy_dtype
         kw = dict(needs_grad=True, needs_dual=True)
@@ -68,6 +71,7 @@ class Integration(runtime.RuntimeBound):
         self.W = ti.field(real, (B, J, n))
         self.segs = []
         self._compile()
+        self._tape = self._make_tape()
 
     @property
     def stored_states(self) -> int:
@@ -82,7 +86,7 @@ class Integration(runtime.RuntimeBound):
         P, Y0, S, ACC, L, YS, LB = self.P, self.Y0, self.S, self.ACC, self.L, self.YS, self.LB
         H, T, OBS, D, W = self.H, self.T, self.OBS, self.D, self.W
         Kcap, J = self.Kcap, self.J
-        serial = B < PARALLEL_MIN
+        serial = self._policy.serial(B)
 
         @ti.func
         def pvec(b):
@@ -276,6 +280,45 @@ class Integration(runtime.RuntimeBound):
         self._load, self._out, self._gout, self._record = load, out, gout, record
         self._backsolve = backsolve
 
+        @ti.kernel
+        def clear_grads():
+            # what load zeroes of the gradients, for a reverse sweep that follows another
+            L.grad[None] = 1.0
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                ACC.grad[b] = 0.0
+                LB.grad[b] = 0.0
+                for j in ti.static(range(m)):
+                    P.grad[b, j] = 0.0
+                for c in ti.static(range(n)):
+                    Y0.grad[b, c] = 0.0
+                for kk in range(Kcap + 1):
+                    for c in ti.static(range(n)):
+                        S.grad[kk, b, c] = 0.0
+                for jj in range(J):
+                    for c in ti.static(range(n)):
+                        YS.grad[b, jj, c] = 0.0
+        self._clear_grads = clear_grads
+
+    def _make_tape(self):
+        """The driver of the time loop (diffsim.tape): these kernels in its contract.
+        load (prepare) uploads the inputs and zeroes every gradient; the segment kernel
+        reads the step grid from the window that _window makes resident."""
+        launch, gout = self._launch, self._gout
+
+        def read_grads():
+            gp = np.zeros((self.B, self.ode.m), self.np_real)
+            gy = np.zeros((self.B, self.ode.n), self.np_real)
+            gout(gp, gy)
+            return gp.astype(np.float64), gy.astype(np.float64)
+        return tape.Tape(tape.Kernels(
+            start=lambda: launch(self.obs0, self.t0), segment=self._segment, finish=self._finish,
+            segment_args=lambda p, s: (p.k, self._window(p.t0, p.n, backward=s.mode == "reverse"), p.n),
+            start_grad=lambda: launch.grad(self.obs0, self.t0),
+            prepare=lambda: self._load(self.params, self.y0), prepare_clears_grads=True,
+            clear_grads=self._clear_grads, read_grads=read_grads),
+            self._policy, self.N)
+
     # -- inputs ------------------------------------------------------------------------
     def set_grid(self, steps):
         """The step grid (a :class:`~diffsim.ode.steps.StepGrid` of N ≤ capacity steps);
@@ -288,7 +331,8 @@ class Integration(runtime.RuntimeBound):
             self.steps = steps
             self._win = None
         self.n_steps, self.obs0 = N, int(steps.obs0)
-        self.segs = runtime.segments(N, self.max_fused)
+        self._tape.set_horizon(N)
+        self.segs = self._tape.segs
         self.t0 = float(steps.t0)
 
     def _window(self, i0, cnt, backward=False):
@@ -317,12 +361,14 @@ class Integration(runtime.RuntimeBound):
             self.D.from_numpy(d)
             self.W.from_numpy(w)
             self._data = (d, w)
+            self._tape.inputs_changed()
         self.data, self.weights = self._data
 
     def set_inputs(self, params, y0):
         self._check_runtime()
         self.params = np.ascontiguousarray(params, dtype=self.np_real)
         self.y0 = np.ascontiguousarray(y0, dtype=self.np_real)
+        self._tape.inputs_changed()
 
     # -- runs --------------------------------------------------------------------------
     def forward(self) -> float:
@@ -330,11 +376,7 @@ class Integration(runtime.RuntimeBound):
         Member losses, saved states and final states are then in :attr:`lb`,
         :attr:`ys` and :attr:`checkpoints` (segment-boundary states, last = final)."""
         self._check_runtime()
-        self._load(self.params, self.y0)
-        self._launch(self.obs0, self.t0)
-        for k, (t0, cnt) in enumerate(self.segs):
-            self._segment(k, self._window(t0, cnt), cnt)
-        self._finish(len(self.segs))
+        self._tape.forward((len(self.segs),))
         r = self.np_real
         self.lb, self.ys = np.zeros(self.B, r), np.zeros((self.B, self.J, self.ode.n), r)
         K = len(self.segs)
@@ -343,17 +385,10 @@ class Integration(runtime.RuntimeBound):
         return float(self.lb.astype(np.float64).sum())
 
     def backward(self):
-        """Reverse sweep after :meth:`forward`: (dL/dP (B, m), dL/dY0 (B, n))."""
+        """Reverse sweep after :meth:`forward`: (dL/dP (B, m), dL/dY0 (B, n)); refuses
+        (DiffsimError) without a forward pass since the last set_inputs/set_grid/set_data."""
         self._check_runtime()
-        self._finish.grad(len(self.segs))
-        for k in reversed(range(len(self.segs))):
-            t0, cnt = self.segs[k]
-            self._segment.grad(k, self._window(t0, cnt, backward=True), cnt)
-        self._launch.grad(self.obs0, self.t0)
-        gp = np.zeros((self.B, self.ode.m), self.np_real)
-        gy = np.zeros((self.B, self.ode.n), self.np_real)
-        self._gout(gp, gy)
-        return gp.astype(np.float64), gy.astype(np.float64)
+        return self._tape.backward((len(self.segs),))
 
     def record(self, i0, cnt, ystart) -> np.ndarray:
         """Every state of steps i0 .. i0 + cnt from ystart (B, n): (cnt + 1, B, n)."""

@@ -36,10 +36,10 @@ layer sums, the objective, and every gradient accumulation of the reverse kernel
 done in one fixed order: identical inputs give bitwise identical objectives and
 gradients. (Flat parallel loops over (body, spring) summed with atomics in thread
 order, which changed the last bits between runs; robot optimisations amplify such bits
-through grazing contacts, see docs/mass_spring.md.) The reverse sweep calls the step
-kernel's ``.grad`` for t = steps-1 … 0 without ti.ad.Tape (no per-call clearing of every
-gradient). A time loop fused inside one kernel over per-step fields gave wrong gradients
-(zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
+through grazing contacts, see docs/mass_spring.md.) The reverse sweep (diffsim.tape,
+Stepped launch policy) calls the step kernel's ``.grad`` for t = steps-1 … 0 without
+ti.ad.Tape (no per-call clearing of every gradient). A time loop fused inside one
+kernel over per-step fields gave wrong gradients (zeros) or segfaulted in Taichi 1.7.4 (taichi-notes 15), and so did all stages as inner
 loops of one top-level batch loop (zero stiffness gradients), so neither is used.
 """
 
@@ -48,10 +48,9 @@ import math
 import numpy as np
 from ..backend import ti
 
-from .. import runtime
+from .. import runtime, tape
 from ..errors import DiffsimError, SimulationError
 from .bodies import Body, check_body, zero_length_springs
-from .projectile import tangent_mode
 
 CONTROLLERS = ("none", "neural", "sine", "sequence")
 OBJECTIVES = ("distance", "target", "shape", "area", "identify", "height")
@@ -162,13 +161,34 @@ class MassSpring(runtime.RuntimeBound):
         else:
             raise DiffsimError(f"steps_per_launch must be a positive integer or None, got {steps_per_launch!r}")
         self.steps_per_launch = K
-        # (first step, steps) of each launch of the step kernel: K steps each, then the
-        # remainder one step per launch (the variants compiled are K and 1 steps)
-        full = self.T // K * K
-        self._chunks = [(t0, K) for t0 in range(0, full, K)] + [(t0, 1) for t0 in range(full, self.T)]
+        # one launch of the step kernel per K steps, then the remainder one step per
+        # launch (the variants compiled are K and 1 steps); batch loops serial for B = 1
+        self._policy = tape.Stepped(K, serial_max_batch=1)
         self._compile()
+        self._tape = self._make_tape()
         self.reset_body(body)
-        self._forward_done = False
+
+    def _make_tape(self):
+        """The driver of the time loop (diffsim.tape): these kernels in its contract."""
+        k, loss, p, S = self._k, self.loss, self.p, self.S
+
+        def clear_grads():
+            k["clear_grads"]()
+            loss.grad[None] = 1.0
+
+        def read_grads():
+            out = {n: f.grad.to_numpy().astype(np.float64) for n, f in p.items()}
+            for n in SPRING_PARAMS:
+                out[n] = out[n][:, :S]
+            return out
+        # step(t0, n) advances n steps, each state in fields indexed by step: the reverse
+        # calls step.grad backwards; clear_values zeroes the per-step accumulators (forces,
+        # layer sums, the loss) before each forward and tangent sweep
+        return tape.Tape(tape.Kernels(
+            start=k["start"], segment=k["step"], finish=k["objective"],
+            prepare=k["clear_values"], clear_grads=clear_grads, read_grads=read_grads,
+            dual_loss=loss, clear_duals=k["clear_duals"]),
+            self._policy, self.T, inputs="set()")
 
     # -- fields ----------------------------------------------------------------------
     def _alloc(self):
@@ -242,7 +262,7 @@ class MassSpring(runtime.RuntimeBound):
                 continue        # no springs: the padding entry stays as it is
             a = np.broadcast_to(np.asarray(v, dtype=self.np_real), self.shape_of(name))
             fld.from_numpy(np.ascontiguousarray(a))
-        self._forward_done = False
+        self._tape.inputs_changed()
 
     def get(self, name) -> np.ndarray:
         """Parameter ``name`` as float64, shaped :meth:`shape_of`."""
@@ -324,7 +344,7 @@ class MassSpring(runtime.RuntimeBound):
         # flat parallel loop (the former layout) summed in thread order, which changed the
         # last bits of forces and gradients between identical runs. Locals are assigned once
         # (no autodiff stack; inner loops may be longer than runtime.AD_STACK_SIZE).
-        serial_batch = B == 1   # one iteration: skip the parallel dispatch (taichi-notes 24)
+        serial_batch = self._policy.serial(B)   # one iteration: skip the parallel dispatch (taichi-notes 24)
         keep_tangent = 0.0 if sticky else 1.0
 
         @ti.kernel
@@ -537,15 +557,8 @@ class MassSpring(runtime.RuntimeBound):
         self._check_runtime()
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
-        k = self._k
-        k["clear_values"]()
-        k["start"]()
-        step = k["step"]
-        for t0, n in self._chunks:
-            step(t0, n)
-        k["objective"](objective)
+        self._tape.forward((objective,))
         self._objective = objective
-        self._forward_done = True
         val = float(self.loss[None])
         self._check_blow_up(val)
         return val
@@ -595,20 +608,8 @@ class MassSpring(runtime.RuntimeBound):
         """Reverse sweep after :meth:`forward`: d objective / d parameter, each shaped like
         the parameter (batch axis first)."""
         self._check_runtime()
-        if not self._forward_done:
-            raise DiffsimError("backward() needs a forward() first (parameters changed since)")
-        k = self._k
-        k["clear_grads"]()
-        self.loss.grad[None] = 1.0
-        k["objective"].grad(self._objective)
-        step_grad = k["step"].grad
-        for t0, n in reversed(self._chunks):
-            step_grad(t0, n)
-        k["start"].grad()
-        out = {n: f.grad.to_numpy().astype(np.float64) for n, f in self.p.items()}
-        for n in SPRING_PARAMS:
-            out[n] = out[n][:, :self.S]
-        return out
+        self._tape.check_reverse()       # before reading the objective a forward() sets
+        return self._tape.backward((self._objective,))
 
     def forward_tangent(self, objective, entries):
         """Forward-mode derivatives (the ``Forward`` gradient method): for each
@@ -622,35 +623,28 @@ class MassSpring(runtime.RuntimeBound):
         self._check_runtime()
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
-        k = self._k
         out = np.zeros(len(entries))
         val = None
+        # read inside the sweep: leaving FwdMode zeroes the dual of the field it was given
+        read = lambda: float(self.loss.dual[None])
         try:
             for e, (name, index) in enumerate(entries):
                 fld = self.p[name]
                 seed = np.zeros(fld.shape, dtype=self.np_real)
                 seed[index] = 1.0
                 fld.dual.from_numpy(seed)    # outside FwdMode: a plain copy
-                k["clear_values"]()
-                k["clear_duals"]()     # every dual a sweep writes (see clear_duals)
-                with tangent_mode(self.loss):
-                    k["start"]()
-                    step = k["step"]
-                    for t0, n in self._chunks:
-                        step(t0, n)
-                    k["objective"](objective)
-                    # read inside: leaving FwdMode zeroes the dual of the field it was given
-                    out[e] = float(self.loss.dual[None])
+                out[e] = self._tape.tangent((objective,), read=read)
                 fld.dual.fill(0.0)
                 val = float(self.loss[None])
         finally:
-            self._forward_done = False
+            self._tape.invalidate()
         if val is None:
             val = self.forward(objective)
         else:
             self._check_blow_up(val)
         self._objective = objective
-        self._forward_done = True
+        # every per-step value is in the fields, as after forward(): backward() may follow
+        self._tape.accept()
         return val, out
 
     def trajectory(self) -> np.ndarray:

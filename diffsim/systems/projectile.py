@@ -26,9 +26,10 @@ Trust. ``forward`` refuses (SimulationError) a cannon still flying at the horizo
 error estimates. ``backward`` refuses a missing or stale forward pass and never
 accumulates.
 
-The time loop is fused into one kernel launch per segment of at most
-``runtime.MAX_FUSED_STEPS`` steps, over the batch; segment boundary states are stored,
-and the reverse pass runs the segments' gradient kernels backwards. Launch latency
+The time loop runs on :class:`diffsim.tape.Tape` with the Fused launch policy: fused
+into one kernel launch per segment of at most ``runtime.MAX_FUSED_STEPS`` steps, over
+the batch; segment boundary states are stored, and the reverse pass runs the segments'
+gradient kernels backwards (``_make_tape`` lists the kernels in the tape's contract). Launch latency
 dominates small batches, so a forward pass is 2 + (segments) launches (start; segments;
 end, which also copies loss and outputs into a host buffer) and a backward pass the same
 count (end.grad; segments' grads; launch.grad; take_grad, which copies the gradients out
@@ -41,8 +42,9 @@ import math
 import numpy as np
 from ..backend import ti
 
-from .. import runtime
+from .. import runtime, tape
 from ..errors import DiffsimError, SimulationError
+from ..tape import tangent_mode  # noqa: F401  (its home was here; mass_spring imported it)
 
 INTEGRATORS = ("symplectic_euler", "euler", "rk4")
 
@@ -66,36 +68,6 @@ MIN_STEPS_PER_ARC = 16
 #: Batches up to this size run their batch loops serially (launch latency), larger ones
 #: in parallel; ``Projectile(serial=...)`` overrides.
 SERIAL_MAX_BATCH = 64
-
-
-def tangent_mode(field):
-    """Context in which every Taichi kernel launched runs in forward (tangent) mode,
-    propagating the ``.dual`` of fields made with ``needs_dual=True`` from the duals
-    the caller seeded beforehand. ``field``: any 0-D dual field (ti.ad.FwdMode wants
-    a loss and a parameter; it zeroes this one's dual on entry and exit). FwdMode's own
-    seeding handles only 1-D parameters (taichi-notes 22), so callers seed with
-    ``x.dual.from_numpy`` before entering (a copy inside the context would itself run
-    in forward mode)."""
-    return _tangent_mode_class()(loss=field, param=field, seed=[0.0], clear_gradients=False)
-
-
-_TANGENT_MODE = {}
-
-
-def _tangent_mode_class():
-    """ti.ad.FwdMode that restores every kernel's mode on exit. Taichi 1.7.4's restores
-    modes in call order, so a kernel launched twice inside the context got its second
-    recorded mode (FORWARD) back and ran in forward mode ever after (measured: a later
-    trace kernel then failed to compile). Made on first use: subclassing at import would
-    fix the backend before ``diffsim.init(backend=...)`` could choose it."""
-    if "cls" not in _TANGENT_MODE:
-        class _TangentMode(ti.ad.FwdMode):
-            def recover_kernels(self):
-                for call, mode in reversed(list(zip(self.calls, self.modes))):
-                    call.autodiff_mode = mode
-                self.kernels_recovered = True
-        _TANGENT_MODE["cls"] = _TangentMode
-    return _TANGENT_MODE["cls"]
 
 
 class Projectile(runtime.RuntimeBound):
@@ -138,12 +110,13 @@ class Projectile(runtime.RuntimeBound):
         # of dispatch here, a serial one ~20-40 µs (docs/taichi-notes.md item 24). Safe
         # for autodiff because batch iterations are independent; the time loop stays
         # inside the batch loop (item 1).
-        self.serial = self.B <= SERIAL_MAX_BATCH if serial is None else bool(serial)
+        self._policy = tape.Fused(serial_max_batch=SERIAL_MAX_BATCH)
+        self.serial = self._policy.serial(self.B) if serial is None else bool(serial)
         real = info.real
         runtime.check_memory(self.nbytes(self.B, self.steps, np.dtype(info.numpy_dtype).itemsize),
                              what=f"a projectile batch of {self.B} cannons × {self.steps} steps",
                              key="batch × steps", value=(self.B, self.steps))
-        self.segs = runtime.segments(self.steps)
+        self.segs = [(p.t0, p.n) for p in self._policy.pieces(self.steps)]  # = the tape's
         self.real, self.np_real = real, info.numpy_dtype
         B, K = self.B, len(self.segs)
         # Inputs and outputs are packed in one 2-D field each, so moving them between
@@ -168,21 +141,37 @@ class Projectile(runtime.RuntimeBound):
         self._grad = np.zeros((len(INPUTS), B), dtype=np.float64)
         self._summary = None       # outputs() of the last forward pass, from self._res
         self._objective_kind = None
-        self._version = 0          # bumps on every set_inputs: backward() refuses stale tapes
-        self._forward_version = None
         self._compile()
+        self._tape = self._make_tape()
         # sensible defaults so a bare Projectile runs
         self.set_inputs(speed=30.0, angle=0.7, gravity=9.81)
         self.weight.fill(1.0)
-        self._k["clear"]()  # zero gradients, seed loss.grad = 1: backward() keeps it so
-        self._grads_dirty = False
+        # zero gradients, seed loss.grad = 1: take_grad leaves them so after each backward()
+        self._tape.clear_grads()
+
+    def _make_tape(self):
+        """The driver of the time loop (diffsim.tape): these kernels in its contract."""
+        k, res, grad, dummy, dt = self._k, self._res, self._grad, self._dummy, self.dt
+        end_fwd, take_grad = k["end_fwd"], k["take_grad"]
+        # forward: start zeroes the outputs and sets the initial state; the reverse runs
+        # launch.grad (start's differentiable part) and end.grad (end_fwd without its
+        # host copy, an ndarray argument). take_grad copies the gradients out and
+        # leaves them cleared, with loss.grad = 1, for the next reverse sweep.
+        return tape.Tape(tape.Kernels(
+            start=k["start"], segment=k["segment"],
+            finish=lambda kind, sign: end_fwd(kind, sign, res),
+            segment_args=lambda p, s: (p.k, p.t0, p.n, dt / s.refine, dummy, False, dummy),
+            start_grad=lambda: k["launch"].grad(), finish_grad=k["end"].grad,
+            clear_grads=k["clear"], read_grads=lambda: take_grad(grad), read_resets_grads=True,
+            dual_loss=self.loss, clear_duals=k["clear_duals"], tangent_finish=k["end_tangent"]),
+            self._policy, self.steps)
 
     @staticmethod
     def nbytes(batch, steps, real_bytes=8):
         """Bytes of Taichi fields a Projectile(batch, steps=steps) allocates (values,
         gradients and forward-mode duals; the trajectory of :meth:`trace` /
         :meth:`record_states` is extra: (steps+1)·batch·6 reals)."""
-        k = -(-int(steps) // runtime.MAX_FUSED_STEPS)
+        k = tape.Fused().slots(steps) - 1
         per_cannon = 3 * (len(INPUTS) + len(OUTPUTS) + 6 * (k + 1)) * real_bytes + 8 * (k + 1)
         return float(batch) * (per_cannon + 3 * real_bytes)   # + weight, loss_b and its dual
 
@@ -554,7 +543,7 @@ class Projectile(runtime.RuntimeBound):
         a = a.astype(self.np_real)
         self.inp.from_numpy(a)
         self._inp_np = a.astype(np.float64)  # what inp holds, read back without a launch
-        self._version += 1
+        self._tape.inputs_changed()
 
     def get_inputs(self):
         """Current inputs: name -> array (B,)."""
@@ -587,31 +576,21 @@ class Projectile(runtime.RuntimeBound):
             msg = self.horizon_problem() or self.resolution_problem()
             if msg:
                 raise SimulationError(msg + " (forward(strict=False) returns it anyway)")
-        self._forward_version = self._version
+        self._tape.accept()
         return val
 
     def _sweep(self, factor, objective_args, tangent=False):
         """One forward pass with steps of dt/factor over the horizon; results in self._res.
-        Invalidates the last forward pass's tape (a new one is being written). tangent:
-        run it in forward-mode AD from the seeded duals (forward_tangent)."""
+        Invalidates the last forward pass's tape (a new one is being written; forward()
+        accepts it after its checks). tangent: run it in forward-mode AD from the seeded
+        duals (forward_tangent)."""
         self._check_stability()
-        k = self._k
-        self._forward_version = None
         self._summary = None
         if tangent:
-            k["clear_duals"]()
-            with tangent_mode(self.loss):
-                k["start"]()
-                for i, (t0, n) in enumerate(self.segs):
-                    k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False,
-                                 self._dummy)
-                k["end_tangent"](*objective_args)
-            k["copy_out"](self._res)
+            self._tape.tangent(objective_args, refine=factor)
+            self._k["copy_out"](self._res)
             return
-        k["start"]()
-        for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, factor * t0, factor * n, self.dt / factor, self._dummy, False, self._dummy)
-        k["end_fwd"](*objective_args, self._res)
+        self._tape.forward(objective_args, refine=factor, accept=False)
 
     def refined_outputs(self, factor=2):
         """:meth:`outputs` of the same batch simulated with steps of ``dt/factor`` over
@@ -689,12 +668,7 @@ class Projectile(runtime.RuntimeBound):
         numbers (gradients are cleared first, never accumulated); it refuses when no
         forward pass ran or the inputs changed since (set_inputs, trace)."""
         self._check_runtime()
-        if self._forward_version is None:
-            raise DiffsimError("backward() needs a forward() first")
-        if self._forward_version != self._version:
-            raise DiffsimError("backward() after set_inputs(): the inputs changed since the "
-                               "last forward(), so its gradients would mix two points; call "
-                               "forward() again first")
+        self._tape.check_reverse()
         if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
             raise DiffsimError(
                 "gradients through a bounce are not available on the quadrants backend: "
@@ -702,19 +676,9 @@ class Projectile(runtime.RuntimeBound):
                 "central differences, depending on where the impacts fall; taichi-notes 33). "
                 "Run with --backend taichi (or DIFFSIM_BACKEND=taichi), or set restitution = 0")
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
-        # backward() leave them so (take_grad), which saves a clearing launch per call. A
-        # backward that did not complete (Ctrl-C, an error) leaves them dirty: clear first.
-        k = self._k
-        if self._grads_dirty:
-            k["clear"]()
-        self._grads_dirty = True
-        k["end"].grad(*self._objective_args)
-        for i in reversed(range(len(self.segs))):
-            t0, n = self.segs[i]
-            k["segment"].grad(i, t0, n, self.dt, self._dummy, False, self._dummy)
-        k["launch"].grad()
-        k["take_grad"](self._grad)
-        self._grads_dirty = False
+        # backward() leave them so (take_grad), which saves a clearing launch per call; the
+        # tape clears first after a backward that did not complete (Ctrl-C, an error).
+        self._tape.backward(self._objective_args)
         g = self._grad.copy()
         return {n: g[j] for j, n in enumerate(INPUTS)}
 
@@ -760,7 +724,7 @@ class Projectile(runtime.RuntimeBound):
                 val = float(self._res[R_LOSS, 0])
         finally:
             self.inp.dual.fill(0.0)
-            self._forward_version = None  # no reverse tape: backward() needs forward()
+            self._tape.invalidate()  # no reverse tape: backward() needs forward()
         if not inputs:
             self._sweep(factor, args)
             val = float(self._res[R_LOSS, 0])
@@ -813,14 +777,14 @@ class Projectile(runtime.RuntimeBound):
                                   ti.Vector.field(14, self.real, (self.bounces + 1, self.B)))
         traj, events = self._traj[factor]
         self._check_stability()
-        self._forward_version = None  # this overwrites the forward pass's tape
         self._summary = None
-        k = self._k
         events.fill(-1.0)
-        k["start"]()
+        dt = self.dt
+        # a forward sweep that records every step (it overwrites the forward pass's tape);
+        # traj[0] is the start state, which no segment writes
+        self._tape.forward(refine=factor, accept=False, finish=False,
+                           segment_args=lambda p, s: (p.k, p.t0, p.n, dt / s.refine, traj, True, events))
         self._k_first_row(traj)
-        for i, (t0, n) in enumerate(self.segs):
-            k["segment"](i, factor * t0, factor * n, self.dt / factor, traj, True, events)
         return traj.to_numpy().astype(np.float64), events.to_numpy().astype(np.float64)
 
     def _k_first_row(self, traj):
