@@ -439,19 +439,272 @@ class AdaptiveStepper(runtime.RuntimeBound):
                 obs[:N].copy(), int(obs0), ts)
 
 
-class AdjointStages(runtime.RuntimeBound):
-    """Stage values of an explicit RK tableau (``Dopri5``) on a given step grid, for the
-    continuous adjoint's backward pass (:mod:`diffsim.ode.gradients`). Forward-only
-    kernels (nothing here is differentiated), one launch per call:
+#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
+#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
+#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
+DOPRI5_DENSE = np.array([
+    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0, 0, 0, 0],
+    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
 
-    * :meth:`forward`: states y_0 .. y_L from ystart over steps (h_k, t_k) and every stage
-      slope k_q = f(t_k + c_q h_k, Y_q) (L, s, B, n), for the dense output of a
-      checkpointed segment;
-    * :meth:`backward`: the state integrated backwards from yend at t_L = t_{L-1} + h_{L-1}
-      with steps of -h_k (the backsolve adjoint's state), every stage state Y_q
-      (L, s, B, n) at time t_{k+1} - c_q h_k, and each step's embedded error estimate
-      Σ_i (err_i / (atol + rtol·max(|y_i|, |y_i'|)))² (L, B).
+#: Jacobian copies (points × batch × rows) an AdjointPass holds at once: its fields take
+#: about copies × (n + m + 1) × 16 bytes; a pass over more sub-steps runs in blocks
+ADJOINT_COPIES = 1 << 15
+#: copies from which the Jacobian evaluation runs in parallel (a parallel launch costs
+#: ~150 µs of dispatch on CPU, more than a serial loop over a few thousand small points)
+ADJOINT_PARALLEL_MIN = 4096
+
+
+class AdjointPass(runtime.RuntimeBound):
+    """One backward walk of the continuous adjoint of an explicit embedded pair (Dopri5)
+    over a sub-grid of steps, in four Taichi launches per block of sub-steps and no numpy
+    work per step (:func:`diffsim.ode.gradients._adaptive_segment` drives it).
+
+    The sub-grid ``sg`` (L, 7) float64 has one row per backward sub-step: size h, start
+    time t, parent step index (in the chunk), index k inside the parent, number of
+    sub-steps r of the parent, the parent's size, and the save index reached at the
+    sub-step's end (-1: none). States at the sub-grid points are ``ysub`` (L + 1, B, n).
+    Per block of sub-steps (from the last):
+
+    1. the state at every stage point (time t + h - c_q h) goes into the X field:
+       :meth:`dense` from the forward step's dense output (checkpointed; ``tape`` (L_f + 1,
+       B, n) states and ``ks`` (L_f, s, B, n) stage slopes of the forward steps), or
+       ``back``: the state integrated backwards by the same pair (backsolve; it fills
+       ``ysub`` and adds the y part of the error estimate to ``err``);
+    2. ``evaluate`` and its reverse (``evaluate.grad``): rows r < n are f_r, row n the
+       running cost g, so X.grad / PX.grad hold [J | ∂f/∂p] and [∂g/∂y | ∂g/∂p];
+    3. ``sweep``: z = (λ, μ) one pair step backwards per sub-step, λ jumping by
+       2w(y - d) at save points (observations), reading the Jacobians from the fields.
+       Writes ``out[l, 0]`` = the jump at sub-grid state l, ``out[l, 1]`` = λ after it
+       (``out[0, 1]``: λ at the first state before its jump) and adds to ``err[l, b]`` the
+       sum over (λ, μ) of (h·Σ e_q k_q / (atol + rtol·max(|z|, |z'|)))².
     """
+
+    @classmethod
+    def get(cls, ode, solver, B):
+        return _cached(cls, "adjoint_pass", ode, solver, B)
+
+    def __init__(self, ode, solver, B):
+        info = self._bind_runtime()
+        self.ode, self.B = ode, int(B)
+        self.a = [list(map(float, r)) for r in solver.a]
+        self.b, self.c, self.e = (list(map(float, v)) for v in (solver.b, solver.c, solver.e))
+        if len(self.b) != DOPRI5_DENSE.shape[0]:
+            raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
+                               "output; use Dopri5() or gradient='discrete'")
+        self.np_real = info.numpy_dtype
+        n, m, s = ode.n, ode.m, len(self.b)
+        self.R = R = n + (1 if ode.running is not None else 0)
+        self.cap = max(1, ADJOINT_COPIES // (s * self.B * R))      # sub-steps per block
+        pts = self.cap * s
+        runtime.check_memory(pts * self.B * R * (n + m + 1) * 16.0 + pts * 8.0,
+                             what=f"the continuous adjoint's Jacobian fields (batch {B})",
+                             key="batch", value=B)
+        real = info.real
+        self.X = ti.field(real, (pts, B, R, n), needs_grad=True)
+        self.PX = ti.field(real, (pts, B, R, m), needs_grad=True)
+        self.O = ti.field(real, (pts, B, R), needs_grad=True)
+        self.TX = ti.field(real, pts)
+        self.KS = ti.field(ti.f64, (s + 1, B, n + m))
+        self._compile(real)
+
+    def _compile(self, real):
+        ode, B, n, m, R = self.ode, self.B, self.ode.n, self.ode.m, self.R
+        f, g = ode.rhs, ode.running
+        has_run = g is not None
+        a, b, c, e = self.a, self.b, self.c, self.e
+        s = len(b)
+        N = n + m
+        combs = [_comb(n, a[i]) for i in range(s)]
+        final = _comb(n, b)
+        eidx = [j for j in range(s) if e[j] != 0.0]
+        dense = [[float(v) for v in row] for row in DOPRI5_DENSE]
+        didx = [j for j in range(s) if any(dense[j])]       # stages the dense output uses
+        X, PX, O, TX, KS = self.X, self.PX, self.O, self.TX, self.KS
+        nd = ti.types.ndarray()
+
+        @ti.func
+        def put(pt, bb, y, p, t):
+            # one stage point: R copies of (y, p), gradients cleared, each copy seeded
+            TX[pt] = t
+            for r in ti.static(range(R)):
+                O.grad[pt, bb, r] = 1.0
+                for i in ti.static(range(n)):
+                    X[pt, bb, r, i] = y[i]
+                    X.grad[pt, bb, r, i] = 0.0
+                for j in ti.static(range(m)):
+                    PX[pt, bb, r, j] = p[j]
+                    PX.grad[pt, bb, r, j] = 0.0
+
+        @ti.kernel
+        def dense_points(sg: nd, tape: nd, ks: nd, p: nd, off: ti.i32, L: ti.i32):
+            ti.loop_config(serialize=True)
+            for l in range(L):
+                row = off + l
+                hs, ts = sg[row, 0], sg[row, 1]
+                par = ti.cast(sg[row, 2], ti.i32)
+                kq, rq, hp = sg[row, 3], sg[row, 4], sg[row, 5]
+                for bb in range(B):
+                    pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                    for q in ti.static(range(s)):
+                        th = (kq + 1.0 - c[q]) / rq
+                        # w_j(θ) = Σ_r P[j, r] θ^(r+1), Horner form
+                        w = [th * (dense[j][0] + th * (dense[j][1] + th * (dense[j][2]
+                                                                         + th * dense[j][3])))
+                             for j in ti.static(didx)]
+                        y = ti.Vector([tape[par, bb, i] + hp * sum(
+                            [w[u] * ks[par, didx[u], bb, i] for u in ti.static(range(len(didx)))])
+                            for i in ti.static(range(n))])
+                        put(l * s + q, bb, y, pv, ts + hs - c[q] * hs)
+
+        @ti.kernel
+        def back_points(sg: nd, ysub: nd, p: nd, err: nd, off: ti.i32, L: ti.i32,
+                        atol: real, rtol: real):
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                y = ti.Vector([ysub[off + L, bb, i] for i in ti.static(range(n))])
+                for ll in range(L):
+                    l = L - 1 - ll
+                    row = off + l
+                    h = -sg[row, 0]                   # backwards in time
+                    t = sg[row, 1] + sg[row, 0]
+                    put(l * s, bb, y, pv, t)
+                    kk = [_keep(f(t, y, pv), n)]
+                    for q in ti.static(range(1, s)):
+                        yq = _keep(combs[q](y, h, kk), n)
+                        put(l * s + q, bb, yq, pv, t + c[q] * h)
+                        kk.append(_keep(f(t + c[q] * h, yq, pv), n))
+                    yn = _keep(final(y, h, kk), n)
+                    acc = 0.0
+                    for i in ti.static(range(n)):
+                        est = h * sum([e[j] * kk[j][i] for j in eidx])
+                        sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
+                        acc += (est / sc) ** 2
+                    err[row, bb] += acc
+                    for i in ti.static(range(n)):
+                        ysub[row, bb, i] = yn[i]
+                    y = yn
+
+        def make_evaluate(serial):
+            @ti.kernel
+            def evaluate(M: ti.i32):
+                ti.loop_config(serialize=serial)
+                for i, bb, r in ti.ndrange(M, B, R):
+                    y = ti.Vector([X[i, bb, r, k] for k in ti.static(range(n))])
+                    p = ti.Vector([PX[i, bb, r, j] for j in ti.static(range(m))])
+                    v = f(TX[i], y, p)
+                    # copy r keeps component r only, so its reverse pass yields row r
+                    o = sum([ti.select(r == k, v[k], 0.0) for k in ti.static(range(n))])
+                    if ti.static(has_run):
+                        o += ti.select(r == n, g(TX[i], y, p), 0.0)
+                    O[i, bb, r] = o
+            return evaluate
+
+        @ti.kernel
+        def sweep(sg: nd, ysub: nd, dw: nd, z: nd, out: nd, err: nd, off: ti.i32, L: ti.i32,
+                  obs_first: ti.i32, rtol: ti.f64, atol: ti.f64):
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                for ll in range(L):
+                    l = L - 1 - ll
+                    row = off + l
+                    hl = sg[row, 0]
+                    jo = ti.cast(sg[row, 6], ti.i32)
+                    for k in ti.static(range(n)):
+                        src = ti.cast(0.0, ti.f64)
+                        if jo >= 0:
+                            src = 2.0 * dw[1, bb, jo, k] * (ysub[row + 1, bb, k] - dw[0, bb, jo, k])
+                        out[row + 1, 0, bb, k] = src
+                        z[bb, k] += src
+                        out[row + 1, 1, bb, k] = z[bb, k]
+                    for q in ti.static(range(s)):
+                        pt = l * s + q
+                        for k in ti.static(range(n)):            # stage λ in scratch row s
+                            v = z[bb, k]
+                            for j in ti.static(range(q)):
+                                if ti.static(a[q][j] != 0.0):
+                                    v += hl * a[q][j] * KS[j, bb, k]
+                            KS[s, bb, k] = v
+                        # slope: [J | ∂f/∂p]ᵀ λ + [∂g/∂y | ∂g/∂p] from the reverse pass
+                        for k in ti.static(range(N)):
+                            acc = ti.cast(0.0, ti.f64)
+                            if ti.static(has_run):
+                                if ti.static(k < n):
+                                    acc = X.grad[pt, bb, n, k]
+                                else:
+                                    acc = PX.grad[pt, bb, n, k - n]
+                            for d in ti.static(range(n)):
+                                if ti.static(k < n):
+                                    acc += X.grad[pt, bb, d, k] * KS[s, bb, d]
+                                else:
+                                    acc += PX.grad[pt, bb, d, k - n] * KS[s, bb, d]
+                            KS[q, bb, k] = acc
+                    sq = ti.cast(0.0, ti.f64)
+                    for k in ti.static(range(N)):
+                        dz, ez = ti.cast(0.0, ti.f64), ti.cast(0.0, ti.f64)
+                        for q in ti.static(range(s)):
+                            if ti.static(b[q] != 0.0):
+                                dz += b[q] * KS[q, bb, k]
+                            if ti.static(e[q] != 0.0):
+                                ez += e[q] * KS[q, bb, k]
+                        new = z[bb, k] + hl * dz
+                        sc = atol + rtol * ti.max(ti.abs(z[bb, k]), ti.abs(new))
+                        sq += (hl * ez / sc) ** 2
+                        z[bb, k] = new
+                    err[row, bb] += sq
+                if off == 0:
+                    for k in ti.static(range(n)):
+                        src = ti.cast(0.0, ti.f64)
+                        if obs_first >= 0:
+                            src = 2.0 * dw[1, bb, obs_first, k] * (ysub[0, bb, k]
+                                                                    - dw[0, bb, obs_first, k])
+                        out[0, 0, bb, k] = src
+                        out[0, 1, bb, k] = z[bb, k]
+
+        self._dense, self._back, self._sweep = dense_points, back_points, sweep
+        self._evaluate_serial, self._evaluate_parallel = make_evaluate(True), make_evaluate(False)
+
+    def run(self, sg, ysub, z, dw, obs_first, params, rtol, atol, tape=None, ks=None):
+        """One backward walk over the sub-grid ``sg`` (see the class doc). Checkpointed:
+        ``tape``/``ks`` of the forward steps, ``ysub`` the states at the sub-grid points
+        (only save points are read); backsolve (tape None): ``ysub[L]`` the end state, the
+        rest is filled. Returns (z at the sub-grid start (B, n + m), out (L + 1, 2, B, n),
+        err² sums (L, B))."""
+        self._check_runtime()
+        L, s = len(sg), len(self.b)
+        z = np.array(z, dtype=np.float64)
+        out = np.zeros((L + 1, 2, self.B, self.ode.n))
+        err = np.zeros((L, self.B))
+        p = np.ascontiguousarray(params, dtype=np.float64)
+        e = L
+        while e > 0:
+            o = max(0, e - self.cap)
+            cnt = e - o
+            if tape is None:
+                self._back(sg, ysub, p, err, o, cnt, atol, rtol)
+            else:
+                self._dense(sg, tape, ks, p, o, cnt)
+            par = cnt * s * self.B * self.R >= ADJOINT_PARALLEL_MIN
+            ev = self._evaluate_parallel if par else self._evaluate_serial
+            ev(cnt * s)
+            ev.grad(cnt * s)
+            self._sweep(sg, ysub, dw, z, out, err, o, cnt, int(obs_first), float(rtol),
+                        float(atol))
+            e = o
+        return z, out, err
+
+
+class AdjointStages(runtime.RuntimeBound):
+    """States and stage slopes of an explicit RK tableau (``Dopri5``) on a given step
+    grid, for the dense output of the continuous adjoint's checkpointed backward pass
+    (:class:`AdjointPass`). Forward only (nothing here is differentiated), one launch:
+    :meth:`forward` returns the states y_0 .. y_L from ystart over steps (h_k, t_k) and
+    every stage slope k_q = f(t_k + c_q h_k, Y_q) (L, s, B, n)."""
 
     @classmethod
     def get(cls, ode, solver, B):
@@ -461,18 +714,17 @@ class AdjointStages(runtime.RuntimeBound):
         info = self._bind_runtime()
         self.ode, self.B = ode, int(B)
         self.a = [list(map(float, r)) for r in solver.a]
-        self.b, self.c, self.e = (list(map(float, v)) for v in (solver.b, solver.c, solver.e))
+        self.b, self.c = (list(map(float, v)) for v in (solver.b, solver.c))
         self.np_real = info.numpy_dtype
         self._compile(info.real)
 
     def _compile(self, real):
         ode, B, n, m = self.ode, self.B, self.ode.n, self.ode.m
         f = ode.rhs
-        a, b, c, e = self.a, self.b, self.c, self.e
+        a, b, c = self.a, self.b, self.c
         s = len(b)
         combs = [_comb(n, a[i]) for i in range(s)]
         final = _comb(n, b)
-        eidx = [j for j in range(s) if e[j] != 0.0]
         nd = ti.types.ndarray()
 
         @ti.kernel
@@ -497,40 +749,7 @@ class AdjointStages(runtime.RuntimeBound):
                         tape[k + 1, bb, i] = yn[i]
                     y = yn
 
-        @ti.kernel
-        def backward(hs: nd, ts: nd, yend: nd, p: nd, atol: real, rtol: real, tape: nd,
-                     ys: nd, err: nd):
-            L = hs.shape[0]
-            ti.loop_config(serialize=True)
-            for bb in range(B):
-                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
-                y = ti.Vector([yend[bb, i] for i in ti.static(range(n))])
-                for i in ti.static(range(n)):
-                    tape[L, bb, i] = y[i]
-                for kk_ in range(L):
-                    k = L - 1 - kk_
-                    h = -hs[k]                       # backwards in time
-                    t = ts[k] + hs[k]
-                    kk = [_keep(f(t, y, pv), n)]
-                    for i in ti.static(range(n)):
-                        ys[k, 0, bb, i] = y[i]
-                    for q in ti.static(range(1, s)):
-                        yq = combs[q](y, h, kk)
-                        for i in ti.static(range(n)):
-                            ys[k, q, bb, i] = yq[i]
-                        kk.append(_keep(f(t + c[q] * h, yq, pv), n))
-                    yn = _keep(final(y, h, kk), n)
-                    acc = 0.0
-                    for i in ti.static(range(n)):
-                        est = h * sum([e[j] * kk[j][i] for j in eidx])
-                        sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
-                        acc += (est / sc) ** 2
-                    err[k, bb] = acc
-                    for i in ti.static(range(n)):
-                        tape[k, bb, i] = yn[i]
-                    y = yn
-
-        self._forward, self._backward = forward, backward
+        self._forward = forward
 
     def forward(self, h, t, ystart, params):
         """States (L + 1, B, n) and stage slopes (L, s, B, n) over steps (h, t) (L,)."""
@@ -540,15 +759,3 @@ class AdjointStages(runtime.RuntimeBound):
         self._forward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
                       np.ascontiguousarray(ystart, r), np.ascontiguousarray(params, r), tape, ks)
         return tape.astype(np.float64), ks.astype(np.float64)
-
-    def backward(self, h, t, yend, params, rtol, atol):
-        """States (L + 1, B, n) integrated backwards from yend (tape[L] = yend), stage
-        states (L, s, B, n) and squared scaled error sums (L, B) of steps (h, t) (L,)."""
-        self._check_runtime()
-        r, B, n, L = self.np_real, self.B, self.ode.n, len(h)
-        tape, ys = np.zeros((L + 1, B, n), r), np.zeros((L, len(self.b), B, n), r)
-        err = np.zeros((L, B), r)
-        self._backward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
-                       np.ascontiguousarray(yend, r), np.ascontiguousarray(params, r),
-                       atol, rtol, tape, ys, err)
-        return tape.astype(np.float64), ys.astype(np.float64), err.astype(np.float64)

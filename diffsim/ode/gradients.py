@@ -41,6 +41,7 @@ from ..backend import ti
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from ..gradients import Adjoint  # noqa: F401 (re-exported by diffsim.ode)
+from .adaptive import DOPRI5_DENSE  # noqa: F401 (the dense output, documented here)
 from .pointwise import PointJacobian
 from .solvers import RK4, Dopri5
 
@@ -369,9 +370,9 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
         if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
             raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
                                "output; use Dopri5() or gradient='discrete'")
-        from .adaptive import AdjointStages
+        from .adaptive import AdjointPass, AdjointStages
         tab = AdjointStages.get(ode, solver, B)
-        kern = _stage_kernel(solver.a, solver.b, solver.e, n, m)
+        ap = AdjointPass.get(ode, solver, B)
     else:
         kern = _stage_kernel(RK4.a, RK4.b, [0.0] * len(RK4.b), n, m)
     _, fy, fp = grid.final_terms(grid.cps[-1])
@@ -381,7 +382,7 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     steps, passes = 0, 0
     for seg in reversed(range(len(grid.segs))):
         if solver.adaptive:
-            pieces = _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve)
+            pieces = _adaptive_segment(grid, ap, tab, seg, z, yend, backsolve)
         else:
             pieces = [_rk4_segment(grid, kern, seg, z, yend, backsolve)]
         for z, src, lp, times, yend, np_ in pieces:
@@ -452,25 +453,14 @@ def _rk4_segment(grid, kern, seg, z, yend, backsolve):
 
 
 # -- the adjoint of adaptive solvers ----------------------------------------------------
-#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
-#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
-#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
-DOPRI5_DENSE = np.array([
-    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
-    [0, 0, 0, 0],
-    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
-    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
-    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
-    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
-    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
-
 #: passes over one segment (each splits the steps whose backward error was too large)
 #: before the adjoint gives up with a SimulationError
 ADJOINT_MAX_PASSES = 10
 #: most backward sub-steps per accepted forward step
 ADJOINT_MAX_SPLIT = 1 << 10
 #: forward steps per chunk of the adaptive backward pass, and most sub-steps in a chunk
-#: (memory: sub-steps × 7 stage points × B × n × (n + m) Jacobian entries)
+#: (memory: a chunk's sub-grid, its states and λ; the Jacobians are held per block of
+#: AdjointPass.cap sub-steps)
 ADJOINT_CHUNK = 1024
 ADJOINT_CHUNK_SUBSTEPS = 4096
 
@@ -486,19 +476,7 @@ def _subgrid(h, t, sub):
     return h[parent] / r, t[parent] + h[parent] * (k / r), parent, k, start
 
 
-def _dense_stages(c, tape, ks, h, parent, k, r):
-    """Checkpointed segment: the states at the backward stage times of sub-steps (parent
-    step i, k-th of r) from step i's dense output: stage q at θ = (k + 1 - c_q)/r of the
-    forward step, (L', s, B, n)."""
-    th = (k[:, None] + 1.0 - np.asarray(c)[None, :]) / r[:, None]               # (L', s)
-    W = (th[..., None] ** np.arange(1, 5)) @ DOPRI5_DENSE.T                      # (L', s, 7)
-    kp = ks[parent]                                                              # (L', 7, B, n)
-    Lp, S = kp.shape[:2]
-    inc = (W @ kp.reshape(Lp, S, -1)).reshape((Lp, len(c)) + kp.shape[2:])
-    return tape[parent][:, None] + h[parent][:, None, None, None] * inc
-
-
-def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
+def _adaptive_segment(grid, ap, tab, seg, z, yend, backsolve):
     """The continuous adjoint of an adaptive solver over one segment, backwards: the
     augmented backward system (λ, μ and, for backsolve, y) integrated by the solver's own
     embedded pair (Dopri5) with error control at its rtol/atol.
@@ -509,74 +487,45 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
     the 5th power of the step) and the steps are walked again, until every step passes
     (else a SimulationError). Observation times are forward grid points, so λ's jumps
     fall on step boundaries. States at the stage times: checkpointed, from the forward
-    step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed segment (a
-    later pass evaluates Jacobians only on the split steps); backsolve, the backward
-    stages of y themselves (all of them again in each pass). Memory: the segment is
+    step's 4th-order dense output (:data:`~diffsim.ode.adaptive.DOPRI5_DENSE`) on the
+    recomputed segment; backsolve, the backward stages of y themselves. Each walk is one
+    :meth:`AdjointPass.run <diffsim.ode.adaptive.AdjointPass.run>` (four launches per
+    block of sub-steps, Jacobians kept in Taichi fields). Memory: the segment is
     processed in chunks of at most :data:`ADJOINT_CHUNK` forward steps and
     :data:`ADJOINT_CHUNK_SUBSTEPS` backward sub-steps (a chunk shrinks when its steps
     are split beyond that). Yields (z, src, lp, times, yend, passes) per chunk."""
-    ode, solver, p = grid.ode, grid.solver, grid.params
-    B, n, m = p.shape[0], ode.n, ode.m
-    c = solver.c
-    s = len(c)
+    solver, p = grid.solver, grid.params
+    B, n, m = p.shape[0], grid.ode.n, grid.ode.m
     rtol, atol = solver.rtol, solver.atol
-    # point slots of a sub-step: dense states coincide for equal c (Dopri5's two c = 1
-    # stages); backward stages of y are all distinct
-    if backsolve:
-        slot = list(range(s))
-    else:
-        cs = sorted(set(c))
-        slot = [cs.index(cq) for cq in c]
-    cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
-    P = len(cslot)
     i0, cnt = grid.segs[seg]
     h_all, t_all = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    obs_all = grid.obs[i0:i0 + cnt]                 # save index reached by each step
     if not backsolve:
         tape_all, ks_all = tab.forward(h_all, t_all, grid.cps[seg], p)
+    dw = np.ascontiguousarray(np.stack([grid.D, grid.W]), dtype=np.float64)
+    comps = n + m + (n if backsolve else 0)
     sub_all = np.ones(cnt, np.int64)
     c1 = cnt
     while c1 > 0:
         c0 = max(0, c1 - ADJOINT_CHUNK)
-        changed = np.ones(cnt, bool)        # parents whose stage points are new
-        old = None
         for passes in range(1, ADJOINT_MAX_PASSES + 1):
             h, t, sub = h_all[c0:c1], t_all[c0:c1], sub_all[c0:c1]
             hs, ts, parent, k, start = _subgrid(h, t, sub)
             L = len(hs)
-            yerr = None
+            sg = np.empty((L, 7))
+            sg[:, 0], sg[:, 1], sg[:, 2], sg[:, 3] = hs, ts, parent, k
+            sg[:, 4], sg[:, 5], sg[:, 6] = sub[parent], h[parent], -1.0
+            sg[start[1:] - 1, 6] = obs_all[c0:c1]
+            gi = i0 + c0                            # global index of the chunk's first state
+            obs_first = grid.obs0 if gi == 0 else int(grid.obs[gi - 1])
+            ysub = np.zeros((L + 1, B, n))
             if backsolve:
-                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
-                src_o, _ = grid.state_sources(i0 + c0, sstates[start], with_running=False)
-                fresh = np.ones(L, bool)
+                ysub[L] = yend
+                z_new, out, sq = ap.run(sg, ysub, z, dw, obs_first, p, rtol, atol)
             else:
-                tape, ks = tape_all[c0:c1 + 1], ks_all[c0:c1]
-                src_o, _ = grid.state_sources(i0 + c0, tape, with_running=False)
-                fresh = changed[c0:c1][parent]
-            # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
-            JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
-            if old is not None and not fresh.all():
-                keep = ~fresh
-                prev = old[2][parent[keep]] + k[keep]
-                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
-            fi = np.nonzero(fresh)[0]
-            if backsolve:
-                X = Ys
-            else:
-                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
-            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
-            Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
-            JJ[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:])
-            gg[fi] = gf.reshape((len(fi), P) + gf.shape[1:])
-            old = (JJ, gg, start)
-            idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
-            src = np.zeros((L + 1, B, n))
-            src[start] = src_o
-            z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
-                                   gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
-            comps = n + m
-            if yerr is not None:
-                sq = sq + yerr
-                comps += n
+                ysub[start] = tape_all[c0:c1 + 1]
+                z_new, out, sq = ap.run(sg, ysub, z, dw, obs_first, p, rtol, atol,
+                                        tape_all[c0:c1 + 1], ks_all[c0:c1])
             err = np.sqrt(sq / comps).max(axis=1)                     # (L,)
             if not np.all(np.isfinite(err)):
                 raise SimulationError(
@@ -592,14 +541,10 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
             sub[bad] *= np.maximum(2, np.ceil((2.0 * worst[bad]) ** 0.2)).astype(np.int64)
             if sub.max() > ADJOINT_MAX_SPLIT:
                 break
-            changed[:] = False
-            changed[c0:c1] = bad
             # too many sub-steps for one chunk: keep its later steps, start it afresh
             tot = np.cumsum(sub[::-1])
             if tot[-1] > ADJOINT_CHUNK_SUBSTEPS and c1 - c0 > 1:
                 c0 = c1 - max(1, int(np.searchsorted(tot, ADJOINT_CHUNK_SUBSTEPS, side="right")))
-                changed[:] = True
-                old = None
         if bad.any():
             i = int(np.argmax(worst))
             raise SimulationError(
@@ -608,9 +553,9 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
                 f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
                 "or use gradient='discrete'")
         if backsolve:
-            yend = sstates[0]
+            yend = ysub[0]
         z = z_new
-        yield z, src, lp, np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
+        yield z, out[:, 0], out[:, 1], np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
         c1 = c0
 
 
