@@ -5,14 +5,17 @@ accepted steps in the same form as :func:`diffsim.ode.solve.fixed_grid`, so the 
 fixed-grid kernels (and their reverse mode) can then integrate and differentiate on
 exactly those steps with the pair's 5th-order weights b.
 
-Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
+Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4), with the settings of the
+solver's :class:`~diffsim.controllers.PIController` (defaults in brackets):
 
 * one grid for the whole batch: member b's error is the RMS over components of
   ``h·Σ e_s k_s / (atol + rtol·max(|y|, |y_new|))``; a step is accepted when the
   largest member error is ≤ 1;
-* next step ``h·clamp(0.9·err^(-1/5), 0.2, 10)`` (10 when err = 0); the step right after
-  a rejection may not grow; a non-finite error counts as a rejection with factor 0.2;
-  steps never exceed t1 - t0;
+* next step ``h·clamp(safety·err^(-β1)·err_prev^(β2), factor_min, factor_max)`` with
+  β1 = (pcoeff + icoeff)/order, β2 = pcoeff/order, err_prev the last accepted step's
+  error (at least 1e-4; [safety 0.9, factors 0.2 and 10, β1 = 1/5, β2 = 0]);
+  factor_max when err = 0; the step right after a rejection may not grow; a non-finite
+  error counts as a rejection with factor_min; steps never exceed t1 - t0;
 * every save time and t1 are hit exactly: a step that would pass the next target, or
   end within 1 % of the proposed step before it, is shortened (or stretched by at most
   1 %) to ``h = target - t``, its state is the state at the target (no interpolation)
@@ -21,7 +24,7 @@ Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
   tie cases where no float64 h gives the target (a few % of steps that start before
   target/2). After such a clipped step the next proposal is at least the step the
   controller had proposed before clipping;
-* first step: ``solver.h0`` when given, else Hairer's heuristic (``hinit`` of DOPRI5:
+* first step: the controller's ``h0`` when given, else Hairer's heuristic (``hinit`` of DOPRI5:
   from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same scaled
   norm), minimised over the batch and capped at t1 - t0;
 * FSAL: the last stage, evaluated at the next step's start time, is the next step's
@@ -29,7 +32,7 @@ Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
   evaluations and reproduces the states.
 
 Failures raise :class:`~diffsim.errors.SimulationError`: more than ``max_steps``
-attempts (accepted + rejected), or the step size underflowing (too stiff, or the state
+attempts (accepted + rejected; the controller's ``max_steps``), or the step size underflowing (too stiff, or the state
 or its derivative not finite), each naming the time reached.
 
 Taichi shape: one kernel launch per grid; its only top-level loop is a serialized
@@ -46,6 +49,7 @@ from ..backend import impl as _impl, ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
+from ..controllers import PIController
 from .solvers import _at, _comb, quiet_trace
 
 #: status codes written by the kernel
@@ -89,10 +93,13 @@ def _as_batch(a, width, what, B):
 
 
 def _check_solver(solver):
-    need = ("a", "b", "c", "e", "rtol", "atol", "max_steps", "order")
-    if not (getattr(solver, "adaptive", False) and all(hasattr(solver, k) for k in need)):
-        raise DiffsimError(f"adaptive_grid needs an adaptive embedded Runge–Kutta solver "
-                           f"such as Dopri5(), got {solver!r}")
+    need = ("a", "b", "c", "e", "order")
+    ctl = getattr(solver, "controller", None)
+    if not (getattr(solver, "adaptive", False) and all(hasattr(solver, k) for k in need)
+            and isinstance(ctl, PIController)):
+        raise DiffsimError(f"adaptive_grid needs an embedded Runge–Kutta solver with an "
+                           f"error-controlling step-size controller, such as Dopri5() "
+                           f"(PIController), got {solver!r}")
     if len(solver.e) != len(solver.b):
         raise DiffsimError(f"{solver!r}: error weights e and weights b differ in length")
 
@@ -192,7 +199,6 @@ class AdaptiveStepper(runtime.RuntimeBound):
         combs = [_comb(n, a[i]) for i in range(s)]
         final = _comb(n, b)
         eidx = [j for j in range(s) if e[j] != 0.0]
-        expo = -1.0 / order
         P, Y, K1, YN, KN = self.P, self.Y, self.K1, self.YN, self.KN
         f64 = real == ti.f64
 
@@ -273,7 +279,9 @@ class AdaptiveStepper(runtime.RuntimeBound):
         def integrate(y0: ti.types.ndarray(), p: ti.types.ndarray(), tgt: ti.types.ndarray(),
                       tidx: ti.types.ndarray(), n_tgt: ti.i32, obs0: ti.i32, t0: ti.f64,
                       t1: ti.f64, h_init: ti.f64, rtol: real, atol: real, eps: ti.f64,
-                      max_att: ti.i32, h_out: ti.types.ndarray(), t_out: ti.types.ndarray(),
+                      max_att: ti.i32, safety: ti.f64, fmin: ti.f64, fmax: ti.f64,
+                      b1: ti.f64, b2: ti.f64,
+                      h_out: ti.types.ndarray(), t_out: ti.types.ndarray(),
                       obs_out: ti.types.ndarray(), ys: ti.types.ndarray(),
                       yf: ti.types.ndarray(), iout: ti.types.ndarray(),
                       fout: ti.types.ndarray()):
@@ -300,6 +308,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
                 n_acc, n_att, n_rej, status = 0, 0, 0, _OK
                 rejected = False
                 err = 0.0
+                err_prev = 1.0                  # the last accepted step's error (PI term)
                 while k < n_tgt:
                     if n_att >= max_att:
                         status = _MAX_STEPS
@@ -327,11 +336,11 @@ class AdaptiveStepper(runtime.RuntimeBound):
                         elif finite(err):
                             err = ti.max(err, ti.sqrt(eb / n))
                     n_att += 1
-                    fac = 10.0
+                    fac = fmax
                     if not finite(err):
-                        fac = 0.2
+                        fac = fmin
                     elif err > 0.0:
-                        fac = ti.min(10.0, ti.max(0.2, 0.9 * err ** expo))
+                        fac = ti.min(fmax, ti.max(fmin, safety * err ** (-b1) * err_prev ** b2))
                     if finite(err) and err <= 1.0:
                         h_out[n_acc] = hs
                         t_out[n_acc] = t
@@ -348,6 +357,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
                                 for i in ti.static(range(n)):
                                     ys[bb, j, i] = YN[bb, i]
                         n_acc += 1
+                        err_prev = ti.max(err, 1e-4)
                         t = tn
                         if rejected:
                             fac = ti.min(fac, 1.0)
@@ -391,14 +401,10 @@ class AdaptiveStepper(runtime.RuntimeBound):
             y0 = np.zeros((B, n))
         y = _as_batch(y0, n, "y0", B)
         ts, obs0, tgt, tidx = _targets(t0, t1, saveat)
-        h0 = solver.h0
-        if h0 is None:
-            h0 = 0.0                     # kernel: Hairer's heuristic
-        elif not (math.isfinite(h0) and h0 > 0):
-            raise DiffsimError(f"{solver!r}: h0 must be a positive step in time units, got {h0!r}")
-        cap = int(solver.max_steps)
-        if cap < 1:
-            raise DiffsimError(f"{solver!r}: max_steps must be at least 1, got {cap}")
+        ctl = solver.controller           # settings checked by PIController itself
+        h0 = 0.0 if ctl.h0 is None else ctl.h0        # 0: Hairer's heuristic in the kernel
+        cap = ctl.max_steps
+        b1, b2 = ctl.exponents(self.order)
         J, r = len(ts), self.np_real
         h_out, t_out = np.zeros(cap), np.zeros(cap)     # times stay float64
         obs = np.full(cap, -1, np.int32)
@@ -406,7 +412,8 @@ class AdaptiveStepper(runtime.RuntimeBound):
         iout, fout = np.zeros(4, np.int32), np.zeros(3, np.float64)
         self._integrate(np.ascontiguousarray(y, r), np.ascontiguousarray(p, r),
                         np.ascontiguousarray(tgt, np.float64), tidx, len(tgt), obs0, t0, t1,
-                        float(min(h0, t1 - t0)), solver.rtol, solver.atol, self.eps, cap,
+                        float(min(h0, t1 - t0)), ctl.rtol, ctl.atol, self.eps, cap,
+                        ctl.safety, ctl.factor_min, ctl.factor_max, b1, b2,
                         h_out, t_out, obs, ys, yf, iout, fout)
         N, n_rej, n_att, status = (int(v) for v in iout)
         t_end, h_last = float(fout[0]), float(fout[1])
@@ -418,7 +425,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
             raise SimulationError(
                 f"{solver!r} needed more than max_steps={cap} steps (accepted + rejected: "
                 f"{N} + {n_rej}) and stopped at {where} with step {h_last:.3g}; raise "
-                f"max_steps, loosen rtol/atol (rtol={solver.rtol}, atol={solver.atol}), or "
+                f"max_steps, loosen rtol/atol (rtol={ctl.rtol}, atol={ctl.atol}), or "
                 "use BackwardEuler() if the problem is stiff")
         if status == _NONFINITE:
             raise SimulationError(

@@ -496,7 +496,7 @@ def _adaptive_segment(grid, ap, tab, seg, z, yend, backsolve):
     are split beyond that). Yields (z, src, lp, times, yend, passes) per chunk."""
     solver, p = grid.solver, grid.params
     B, n, m = p.shape[0], grid.ode.n, grid.ode.m
-    rtol, atol = solver.rtol, solver.atol
+    rtol, atol = solver.controller.rtol, solver.controller.atol
     i0, cnt = grid.segs[seg]
     h_all, t_all = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
     obs_all = grid.obs[i0:i0 + cnt]                 # save index reached by each step
