@@ -139,7 +139,7 @@ class PIController(StepController):
         Option("icoeff", "float", 1.0, "integral coefficient", lo=0.0, lo_open=True),
         Option("h0", "float", None, "first step in time units; None: Hairer's heuristic",
                lo=0.0, lo_open=True, optional=True),
-        Option("max_steps", "int", 100_000, "most attempted steps", lo=1),
+        Option("max_steps", "int", 100_000, "most attempted steps", lo=1, hi=2**31 - 1),
     )
 
     def exponents(self, order: int) -> tuple[float, float]:
@@ -198,8 +198,11 @@ def build_from_scene(sec: dict, solver_default: StepController, error, section="
     own = {o.name for o in cls.options}
     for k, v in given.items():
         if k not in own:
+            owners = all_options()[k][1]
             raise error(f"is not a setting of the {cls.name!r} controller (its settings: "
-                        f"{', '.join(sorted(own)) or 'none'})", f"{section}.{k}", v)
+                        f"{', '.join(sorted(own)) or 'none'}); {k} belongs to "
+                        f"{section}.name = {' or '.join(map(repr, owners))}",
+                        f"{section}.{k}", v)
     kw = {k: v for k, v in defaults.items() if k in own}
     kw.update(given)
     try:

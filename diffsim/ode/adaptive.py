@@ -405,6 +405,9 @@ class AdaptiveStepper(runtime.RuntimeBound):
         h0 = 0.0 if ctl.h0 is None else ctl.h0        # 0: Hairer's heuristic in the kernel
         cap = ctl.max_steps
         b1, b2 = ctl.exponents(self.order)
+        # the accepted-step arrays are sized by max_steps (20 bytes a step)
+        runtime.check_memory(20.0 * cap, what=f"the step grid of {solver!r}",
+                             key="max_steps", value=cap)
         J, r = len(ts), self.np_real
         h_out, t_out = np.zeros(cap), np.zeros(cap)     # times stay float64
         obs = np.full(cap, -1, np.int32)

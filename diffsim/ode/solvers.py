@@ -209,7 +209,8 @@ class Dopri5(ExplicitRK):
         c = self.controller
         if isinstance(c, PIController) and c == PIController(rtol=c.rtol, atol=c.atol,
                                                              h0=c.h0, max_steps=c.max_steps):
-            return f"Dopri5(rtol={c.rtol}, atol={c.atol}, max_steps={c.max_steps})"
+            h0 = "" if c.h0 is None else f", h0={c.h0}"
+            return f"Dopri5(rtol={c.rtol}, atol={c.atol}{h0}, max_steps={c.max_steps})"
         return f"Dopri5(controller={c!r})"
 
 
