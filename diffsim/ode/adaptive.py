@@ -471,9 +471,10 @@ ADJOINT_PARALLEL_MIN = ADJOINT_COPIES
 
 
 class AdjointPass(runtime.RuntimeBound):
-    """One backward walk of the continuous adjoint of an explicit embedded pair (Dopri5)
+    """One backward walk of the continuous adjoint by an explicit Runge–Kutta tableau (an
+    embedded pair such as Dopri5 with its error estimate, or classic RK4 without one)
     over a sub-grid of steps, in four Taichi launches per block of sub-steps and no numpy
-    work per step (:func:`diffsim.ode.gradients._adaptive_segment` drives it).
+    work per step (:func:`diffsim.ode.gradients.continuous_adjoint` drives it).
 
     The sub-grid ``sg`` (L, 7) float64 has one row per backward sub-step: size h, start
     time t, parent step index (in the chunk), index k inside the parent, number of
@@ -481,11 +482,13 @@ class AdjointPass(runtime.RuntimeBound):
     sub-step's end (-1: none). States at the sub-grid points are ``ysub`` (L + 1, B, n).
     Per block of sub-steps (from the last):
 
-    1. the state at every stage point (time t + h - c_q h) goes into the X field:
-       :meth:`dense` from the forward step's dense output (checkpointed; ``tape`` (L_f + 1,
-       B, n) states and ``ks`` (L_f, s, B, n) stage slopes of the forward steps), or
-       ``back``: the state integrated backwards by the same pair (backsolve; it fills
-       ``ysub`` and adds the y part of the error estimate to ``err``);
+    1. the state at every stage point (time t + h - c_q h, θ = (k + 1 - c_q)/r of the
+       parent step) goes into the X field: ``points="dense"``, Dopri5's dense output of
+       the forward step (``tape`` (L_f + 1, B, n) states and ``ks`` (L_f, s, B, n) stage
+       slopes of the forward steps); ``"hermite"``, the cubic Hermite interpolant of the
+       step from its two end states and f there (``tape`` only); ``"back"``, the state
+       integrated backwards by the same tableau (backsolve; it fills ``ysub`` and adds
+       the y part of the error estimate to ``err``);
     2. ``evaluate`` and its reverse (``evaluate.grad``): rows r < n are f_r, row n the
        running cost g, so X.grad / PX.grad hold [J | ∂f/∂p] and [∂g/∂y | ∂g/∂p];
     3. ``sweep``: z = (λ, μ) one pair step backwards per sub-step, λ jumping by
@@ -496,17 +499,24 @@ class AdjointPass(runtime.RuntimeBound):
     """
 
     @classmethod
-    def get(cls, ode, solver, B):
-        return _cached(cls, "adjoint_pass", ode, solver, B)
+    def get(cls, ode, tableau, B):
+        """The pass of ``tableau`` (a solver class or object with a, b, c and, for error
+        control, e) for (ODE, B) in this runtime, built once (cached on the ODE)."""
+        e = tuple(getattr(tableau, "e", None) or [0.0] * len(tableau.b))
+        key = ("adjoint_pass", tuple(map(tuple, tableau.a)), tuple(tableau.b),
+               tuple(tableau.c), e, int(B), runtime.current().generation)
+        st = ode._cache.get(key)
+        if st is None:
+            st = ode._cache[key] = cls(ode, tableau, B)
+        return st
 
-    def __init__(self, ode, solver, B):
+    def __init__(self, ode, tableau, B):
         info = self._bind_runtime()
         self.ode, self.B = ode, int(B)
-        self.a = [list(map(float, r)) for r in solver.a]
-        self.b, self.c, self.e = (list(map(float, v)) for v in (solver.b, solver.c, solver.e))
-        if len(self.b) != DOPRI5_DENSE.shape[0]:
-            raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
-                               "output; use Dopri5() or gradient='discrete'")
+        self.a = [list(map(float, r)) for r in tableau.a]
+        self.b, self.c = list(map(float, tableau.b)), list(map(float, tableau.c))
+        self.e = list(map(float, getattr(tableau, "e", None) or [0.0] * len(self.b)))
+        self.dense_ok = len(self.b) == DOPRI5_DENSE.shape[0]
         self.np_real = info.numpy_dtype
         n, m, s = ode.n, ode.m, len(self.b)
         self.R = R = n + (1 if ode.running is not None else 0)
@@ -570,6 +580,30 @@ class AdjointPass(runtime.RuntimeBound):
                         y = ti.Vector([tape[par, bb, i] + hp * sum(
                             [w[u] * ks[par, didx[u], bb, i] for u in ti.static(range(len(didx)))])
                             for i in ti.static(range(n))])
+                        put(l * s + q, bb, y, pv, ts + hs - c[q] * hs)
+
+        @ti.kernel
+        def hermite_points(sg: nd, tape: nd, p: nd, off: ti.i32, L: ti.i32):
+            ti.loop_config(serialize=True)
+            for l in range(L):
+                row = off + l
+                hs, ts = sg[row, 0], sg[row, 1]
+                par = ti.cast(sg[row, 2], ti.i32)
+                kq, rq, hp = sg[row, 3], sg[row, 4], sg[row, 5]
+                tp = ts - kq * hs                       # the parent step's start
+                for bb in range(B):
+                    pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                    y0 = ti.Vector([tape[par, bb, i] for i in ti.static(range(n))])
+                    y1 = ti.Vector([tape[par + 1, bb, i] for i in ti.static(range(n))])
+                    f0 = _keep(f(tp, y0, pv), n)
+                    f1 = _keep(f(tp + hp, y1, pv), n)
+                    for q in ti.static(range(s)):
+                        th = (kq + 1.0 - c[q]) / rq
+                        u = 1.0 - th
+                        h00, h10 = (1.0 + 2.0 * th) * u * u, th * u * u
+                        h01, h11 = th * th * (3.0 - 2.0 * th), -th * th * u
+                        y = ti.Vector([h00 * y0[i] + h01 * y1[i] + hp * (h10 * f0[i] + h11 * f1[i])
+                                       for i in ti.static(range(n))])
                         put(l * s + q, bb, y, pv, ts + hs - c[q] * hs)
 
         @ti.kernel
@@ -677,16 +711,19 @@ class AdjointPass(runtime.RuntimeBound):
                         out[0, 0, bb, k] = src
                         out[0, 1, bb, k] = z[bb, k]
 
-        self._dense, self._back, self._sweep = dense_points, back_points, sweep
+        self._dense, self._hermite, self._back = dense_points, hermite_points, back_points
+        self._sweep = sweep
         self._evaluate_serial, self._evaluate_parallel = make_evaluate(True), make_evaluate(False)
 
-    def run(self, sg, ysub, z, dw, obs_first, params, rtol, atol, tape=None, ks=None):
-        """One backward walk over the sub-grid ``sg`` (see the class doc). Checkpointed:
-        ``tape``/``ks`` of the forward steps, ``ysub`` the states at the sub-grid points
-        (only save points are read); backsolve (tape None): ``ysub[L]`` the end state, the
-        rest is filled. Returns (z at the sub-grid start (B, n + m), out (L + 1, 2, B, n),
-        err² sums (L, B))."""
+    def run(self, sg, ysub, z, dw, obs_first, params, rtol, atol, points, tape=None, ks=None):
+        """One backward walk over the sub-grid ``sg`` (see the class doc). ``points``
+        "dense" (``tape`` and ``ks`` of the forward steps) or "hermite" (``tape``):
+        ``ysub`` the states at the sub-grid points (only save points are read); "back":
+        ``ysub[L]`` the end state, the rest is filled. Returns (z at the sub-grid start
+        (B, n + m), out (L + 1, 2, B, n), err² sums (L, B))."""
         self._check_runtime()
+        if points == "dense" and not self.dense_ok:
+            raise DiffsimError("internal: dense-output stage points need Dopri5's tableau")
         L, s = len(sg), len(self.b)
         z = np.array(z, dtype=np.float64)
         out = np.zeros((L + 1, 2, self.B, self.ode.n))
@@ -696,10 +733,12 @@ class AdjointPass(runtime.RuntimeBound):
         while e > 0:
             o = max(0, e - self.cap)
             cnt = e - o
-            if tape is None:
+            if points == "back":
                 self._back(sg, ysub, p, err, o, cnt, atol, rtol)
-            else:
+            elif points == "dense":
                 self._dense(sg, tape, ks, p, o, cnt)
+            else:
+                self._hermite(sg, tape, p, o, cnt)
             par = cnt * s * self.B * self.R >= ADJOINT_PARALLEL_MIN
             ev = self._evaluate_parallel if par else self._evaluate_serial
             ev(cnt * s)
