@@ -212,7 +212,7 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         it = _integration(ode, solver, B, cap, J, max_fused)
         it.set_grid(steps)
         it.set_data(d, w)
-        run = _ExplicitRun(it, jac, merge=max_fused is None)
+        run = _ExplicitRun(it, solver, jac, merge=max_fused is None)
     if isinstance(gradient, Adjoint) and gradient.kind is not None:
         adjoint = gradient                     # an explicit kind passed as the method wins
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
@@ -221,9 +221,11 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
 class _ExplicitRun:
     """Forward pass by the fused Taichi integration; tapes by its record kernel."""
 
-    def __init__(self, it, jac, merge):
-        self.it, self.jac, self.merge = it, jac, merge
-        self.ode, self.solver = it.ode, it.solver
+    def __init__(self, it, solver, jac, merge):
+        # this call's solver, not it.solver: the integration is cached per solver class,
+        # and a later solve's controller settings (the adjoint's rtol/atol) must win
+        self.it, self.solver, self.jac, self.merge = it, solver, jac, merge
+        self.ode = it.ode
 
     def losses(self, params, y0):
         self.it.set_inputs(params, y0)
@@ -242,7 +244,7 @@ class _ExplicitRun:
             # join the fused segments into tapes of up to TAPE_STEPS (fewer launches)
             segs, keep = _merge(segs, TAPE_STEPS)
             cps = cps[keep]
-        return Grid(it.ode, it.solver, self.jac, it.steps, it.data.astype(np.float64),
+        return Grid(it.ode, self.solver, self.jac, it.steps, it.data.astype(np.float64),
                     it.weights.astype(np.float64), params, y0, it.record, segs, cps, it.backsolve)
 
 
