@@ -200,17 +200,13 @@ class AdaptiveStepper(runtime.RuntimeBound):
         final = _comb(n, b)
         eidx = [j for j in range(s) if e[j] != 0.0]
         P, Y, K1, YN, KN = self.P, self.Y, self.K1, self.YN, self.KN
-        f64 = real == ti.f64
 
         @ti.func
         def finite(x):
-            # bit test: fast_math (Taichi's default) may fold NaN comparisons away
-            r = True
-            if ti.static(f64):
-                r = (ti.bit_cast(x, ti.u64) >> 52) & 0x7FF != 0x7FF
-            else:
-                r = (ti.bit_cast(x, ti.u32) >> 23) & 0xFF != 0xFF
-            return r
+            # bit test: fast_math (Taichi's default) may fold NaN comparisons away. On
+            # float64 whatever x's type: the step times are f64 in an f32 runtime too, and
+            # bit-casting one to u32 aborted the process (an LLVM "Invalid cast" assertion)
+            return (ti.bit_cast(ti.cast(x, ti.f64), ti.u64) >> 52) & 0x7FF != 0x7FF
 
         @ti.func
         def pvec(bb):
