@@ -24,16 +24,16 @@ solver's :class:`~diffsim.controllers.PIController` (defaults in brackets):
   tie cases where no float64 h gives the target (a few % of steps that start before
   target/2). After such a clipped step the next proposal is at least the step the
   controller had proposed before clipping;
-* first step: the controller's ``h0`` when given, else Hairer's heuristic (``hinit`` of DOPRI5:
-  from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same scaled
-  norm), minimised over the batch and capped at t1 - t0;
+* first step: the controller's ``h0`` when given, else Hairer's heuristic (``hinit`` of
+  DOPRI5: from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same
+  scaled norm), minimised over the batch and capped at t1 - t0;
 * FSAL: the last stage, evaluated at the next step's start time, is the next step's
   first stage, so re-running ``ExplicitRK.make_step`` on (t, h) repeats the same rhs
   evaluations and reproduces the states.
 
-Failures raise :class:`~diffsim.errors.SimulationError`: more than ``max_steps``
-attempts (accepted + rejected; the controller's ``max_steps``), or the step size underflowing (too stiff, or the state
-or its derivative not finite), each naming the time reached.
+Failures raise :class:`~diffsim.errors.SimulationError`: more than the controller's
+``max_steps`` attempts (accepted + rejected), or the step size underflowing (too stiff,
+or the state or its derivative not finite), each naming the time reached.
 
 Taichi shape: one kernel launch per grid; its only top-level loop is a serialized
 ``range(1)`` (no parallel dispatch), the step loop is a ``while`` inside it and the batch

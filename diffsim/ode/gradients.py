@@ -18,8 +18,9 @@ needed, so memory is O(K + N/K) states for K segments.
   λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p, λ jumping by 2w(y - d) at observations; J = ∂f/∂y and
   ∂f/∂p at the stage points come from Taichi reverse mode of f, kept in Taichi fields
   and read by the backward stage recursion (:class:`~diffsim.ode.adaptive.AdjointPass`:
-  four launches per block of backward steps and pass). Fixed-step solvers: classic RK4 on the solver's own step
-  grid (error: that grid's discretisation error). Adaptive solvers (Dopri5): the
+  four launches per block of backward steps and pass). Fixed-step solvers: classic RK4
+  on the solver's own step grid (error: that grid's discretisation error). Adaptive
+  solvers (Dopri5): the
   solver's own pair on its accepted steps, each step split until the embedded error
   estimate of the backward system is within rtol/atol, so the gradient reaches the
   accuracy the solver was asked for. "backsolve" re-integrates y backwards alongside λ
@@ -43,7 +44,8 @@ from ..backend import ti
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from ..gradients import Adjoint  # noqa: F401 (re-exported by diffsim.ode)
-from .adaptive import DOPRI5_DENSE, AdjointPass, AdjointStages  # noqa: F401 (DOPRI5_DENSE: documented here)
+# DOPRI5_DENSE: re-exported, the dense output is documented with the adjoint here
+from .adaptive import DOPRI5_DENSE, AdjointPass, AdjointStages  # noqa: F401
 from .pointwise import PointJacobian
 from .solvers import RK4, Dopri5
 
