@@ -45,17 +45,20 @@ def test_registry_names_and_defaults():
     # the shorthand is that controller
     assert Dopri5(rtol=1e-8, max_steps=50).controller == PIController(rtol=1e-8, max_steps=50)
     assert pi.replace(rtol=1e-3) == PIController(rtol=1e-3)
-    with pytest.raises(DiffsimError, match="controller 'pid' is not known; use one of constant, pi"):
+    with pytest.raises(DiffsimError,
+                       match="controller 'pid' is not known; use one of constant, pi"):
         make_controller("pid")
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(rtol=0.0), "rtol must be > 0"), (dict(rtol=float("nan")), "rtol must be a number"),
     (dict(atol=-1e-9), "atol must be > 0"), (dict(safety=1.2), "safety must be <= 1"),
-    (dict(factor_min=1.0), "factor_min must be < 1"), (dict(factor_max=1.0), "factor_max must be > 1"),
+    (dict(factor_min=1.0), "factor_min must be < 1"),
+    (dict(factor_max=1.0), "factor_max must be > 1"),
     (dict(pcoeff=-0.1), "pcoeff must be >= 0"), (dict(icoeff=0.0), "icoeff must be > 0"),
     (dict(h0=0.0), "h0 must be > 0"), (dict(max_steps=0), "max_steps must be >= 1"),
-    (dict(max_steps=2.5), "max_steps must be an integer"), (dict(rtol="1e-6"), "rtol must be a number"),
+    (dict(max_steps=2.5), "max_steps must be an integer"),
+    (dict(rtol="1e-6"), "rtol must be a number"),
     (dict(tol=1e-6), "has no setting 'tol'; its settings: rtol, atol"),
 ])
 def test_bad_settings_are_refused_naming_them(kw, match):
@@ -67,7 +70,8 @@ def test_bad_settings_are_refused_naming_them(kw, match):
 
 
 def test_constant_has_no_settings_and_dopri5_refuses_mixed_arguments():
-    with pytest.raises(DiffsimError, match="ConstantStep has no setting 'rtol'; its settings: none"):
+    with pytest.raises(DiffsimError,
+                       match="ConstantStep has no setting 'rtol'; its settings: none"):
         ConstantStep(rtol=1e-6)
     with pytest.raises(DiffsimError, match="give rtol to the controller"):
         Dopri5(rtol=1e-6, controller=PIController())
@@ -167,8 +171,10 @@ def test_scene_controller_section():
     (["solve.atol=1e-9"], "solve.atol", "was moved; use controller.atol"),
     (['controller.name="pi"'], "controller.name", "needs a solver with an embedded error estimate"),
     (["controller.rtol=1e-6"], "controller.rtol", "not a setting of the 'constant' controller"),
-    (['solve.solver="dopri5"', "controller.factor_max=0.5"], "controller.factor_max", "must be > 1"),
-    (['solve.solver="dopri5"', 'controller.name="pid"'], "controller.name", "must be one of auto, constant, pi"),
+    (['solve.solver="dopri5"', "controller.factor_max=0.5"], "controller.factor_max",
+     "must be > 1"),
+    (['solve.solver="dopri5"', 'controller.name="pid"'], "controller.name",
+     "must be one of auto, constant, pi"),
 ])
 def test_scene_errors_name_the_key(over, key, match):
     with pytest.raises(SceneError, match=match) as info:
