@@ -5,14 +5,17 @@ accepted steps in the same form as :func:`diffsim.ode.solve.fixed_grid`, so the 
 fixed-grid kernels (and their reverse mode) can then integrate and differentiate on
 exactly those steps with the pair's 5th-order weights b.
 
-Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
+Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4), with the settings of the
+solver's :class:`~diffsim.controllers.PIController` (defaults in brackets):
 
 * one grid for the whole batch: member b's error is the RMS over components of
   ``h·Σ e_s k_s / (atol + rtol·max(|y|, |y_new|))``; a step is accepted when the
   largest member error is ≤ 1;
-* next step ``h·clamp(0.9·err^(-1/5), 0.2, 10)`` (10 when err = 0); the step right after
-  a rejection may not grow; a non-finite error counts as a rejection with factor 0.2;
-  steps never exceed t1 - t0;
+* next step ``h·clamp(safety·err^(-β1)·err_prev^(β2), factor_min, factor_max)`` with
+  β1 = (pcoeff + icoeff)/order, β2 = pcoeff/order, err_prev the last accepted step's
+  error (at least 1e-4; [safety 0.9, factors 0.2 and 10, β1 = 1/5, β2 = 0]);
+  factor_max when err = 0; the step right after a rejection may not grow; a non-finite
+  error counts as a rejection with factor_min; steps never exceed t1 - t0;
 * every save time and t1 are hit exactly: a step that would pass the next target, or
   end within 1 % of the proposed step before it, is shortened (or stretched by at most
   1 %) to ``h = target - t``, its state is the state at the target (no interpolation)
@@ -21,16 +24,16 @@ Control (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4):
   tie cases where no float64 h gives the target (a few % of steps that start before
   target/2). After such a clipped step the next proposal is at least the step the
   controller had proposed before clipping;
-* first step: ``solver.h0`` when given, else Hairer's heuristic (``hinit`` of DOPRI5:
-  from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same scaled
-  norm), minimised over the batch and capped at t1 - t0;
+* first step: the controller's ``h0`` when given, else Hairer's heuristic (``hinit`` of
+  DOPRI5: from ‖y0‖, ‖f(t0, y0)‖ and a finite-difference estimate of ‖f'‖, in the same
+  scaled norm), minimised over the batch and capped at t1 - t0;
 * FSAL: the last stage, evaluated at the next step's start time, is the next step's
   first stage, so re-running ``ExplicitRK.make_step`` on (t, h) repeats the same rhs
   evaluations and reproduces the states.
 
-Failures raise :class:`~diffsim.errors.SimulationError`: more than ``max_steps``
-attempts (accepted + rejected), or the step size underflowing (too stiff, or the state
-or its derivative not finite), each naming the time reached.
+Failures raise :class:`~diffsim.errors.SimulationError`: more than the controller's
+``max_steps`` attempts (accepted + rejected), or the step size underflowing (too stiff,
+or the state or its derivative not finite), each naming the time reached.
 
 Taichi shape: one kernel launch per grid; its only top-level loop is a serialized
 ``range(1)`` (no parallel dispatch), the step loop is a ``while`` inside it and the batch
@@ -46,6 +49,7 @@ from ..backend import impl as _impl, ti
 
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
+from ..controllers import PIController
 from .solvers import _at, _comb, quiet_trace
 
 #: status codes written by the kernel
@@ -89,10 +93,13 @@ def _as_batch(a, width, what, B):
 
 
 def _check_solver(solver):
-    need = ("a", "b", "c", "e", "rtol", "atol", "max_steps", "order")
-    if not (getattr(solver, "adaptive", False) and all(hasattr(solver, k) for k in need)):
-        raise DiffsimError(f"adaptive_grid needs an adaptive embedded Runge–Kutta solver "
-                           f"such as Dopri5(), got {solver!r}")
+    need = ("a", "b", "c", "e", "order")
+    ctl = getattr(solver, "controller", None)
+    if not (getattr(solver, "adaptive", False) and all(hasattr(solver, k) for k in need)
+            and isinstance(ctl, PIController)):
+        raise DiffsimError(f"adaptive_grid needs an embedded Runge–Kutta solver with an "
+                           f"error-controlling step-size controller, such as Dopri5() "
+                           f"(PIController), got {solver!r}")
     if len(solver.e) != len(solver.b):
         raise DiffsimError(f"{solver!r}: error weights e and weights b differ in length")
 
@@ -192,19 +199,14 @@ class AdaptiveStepper(runtime.RuntimeBound):
         combs = [_comb(n, a[i]) for i in range(s)]
         final = _comb(n, b)
         eidx = [j for j in range(s) if e[j] != 0.0]
-        expo = -1.0 / order
         P, Y, K1, YN, KN = self.P, self.Y, self.K1, self.YN, self.KN
-        f64 = real == ti.f64
 
         @ti.func
         def finite(x):
-            # bit test: fast_math (Taichi's default) may fold NaN comparisons away
-            r = True
-            if ti.static(f64):
-                r = (ti.bit_cast(x, ti.u64) >> 52) & 0x7FF != 0x7FF
-            else:
-                r = (ti.bit_cast(x, ti.u32) >> 23) & 0xFF != 0xFF
-            return r
+            # bit test: fast_math (Taichi's default) may fold NaN comparisons away. On
+            # float64 whatever x's type: the step times are f64 in an f32 runtime too, and
+            # bit-casting one to u32 aborted the process (an LLVM "Invalid cast" assertion)
+            return (ti.bit_cast(ti.cast(x, ti.f64), ti.u64) >> 52) & 0x7FF != 0x7FF
 
         @ti.func
         def pvec(bb):
@@ -273,7 +275,9 @@ class AdaptiveStepper(runtime.RuntimeBound):
         def integrate(y0: ti.types.ndarray(), p: ti.types.ndarray(), tgt: ti.types.ndarray(),
                       tidx: ti.types.ndarray(), n_tgt: ti.i32, obs0: ti.i32, t0: ti.f64,
                       t1: ti.f64, h_init: ti.f64, rtol: real, atol: real, eps: ti.f64,
-                      max_att: ti.i32, h_out: ti.types.ndarray(), t_out: ti.types.ndarray(),
+                      max_att: ti.i32, safety: ti.f64, fmin: ti.f64, fmax: ti.f64,
+                      b1: ti.f64, b2: ti.f64,
+                      h_out: ti.types.ndarray(), t_out: ti.types.ndarray(),
                       obs_out: ti.types.ndarray(), ys: ti.types.ndarray(),
                       yf: ti.types.ndarray(), iout: ti.types.ndarray(),
                       fout: ti.types.ndarray()):
@@ -300,6 +304,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
                 n_acc, n_att, n_rej, status = 0, 0, 0, _OK
                 rejected = False
                 err = 0.0
+                err_prev = 1.0                  # the last accepted step's error (PI term)
                 while k < n_tgt:
                     if n_att >= max_att:
                         status = _MAX_STEPS
@@ -327,11 +332,11 @@ class AdaptiveStepper(runtime.RuntimeBound):
                         elif finite(err):
                             err = ti.max(err, ti.sqrt(eb / n))
                     n_att += 1
-                    fac = 10.0
+                    fac = fmax
                     if not finite(err):
-                        fac = 0.2
+                        fac = fmin
                     elif err > 0.0:
-                        fac = ti.min(10.0, ti.max(0.2, 0.9 * err ** expo))
+                        fac = ti.min(fmax, ti.max(fmin, safety * err ** (-b1) * err_prev ** b2))
                     if finite(err) and err <= 1.0:
                         h_out[n_acc] = hs
                         t_out[n_acc] = t
@@ -348,6 +353,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
                                 for i in ti.static(range(n)):
                                     ys[bb, j, i] = YN[bb, i]
                         n_acc += 1
+                        err_prev = ti.max(err, 1e-4)
                         t = tn
                         if rejected:
                             fac = ti.min(fac, 1.0)
@@ -391,14 +397,13 @@ class AdaptiveStepper(runtime.RuntimeBound):
             y0 = np.zeros((B, n))
         y = _as_batch(y0, n, "y0", B)
         ts, obs0, tgt, tidx = _targets(t0, t1, saveat)
-        h0 = solver.h0
-        if h0 is None:
-            h0 = 0.0                     # kernel: Hairer's heuristic
-        elif not (math.isfinite(h0) and h0 > 0):
-            raise DiffsimError(f"{solver!r}: h0 must be a positive step in time units, got {h0!r}")
-        cap = int(solver.max_steps)
-        if cap < 1:
-            raise DiffsimError(f"{solver!r}: max_steps must be at least 1, got {cap}")
+        ctl = solver.controller           # settings checked by PIController itself
+        h0 = 0.0 if ctl.h0 is None else ctl.h0        # 0: Hairer's heuristic in the kernel
+        cap = ctl.max_steps
+        b1, b2 = ctl.exponents(self.order)
+        # the accepted-step arrays are sized by max_steps (20 bytes a step)
+        runtime.check_memory(20.0 * cap, what=f"the step grid of {solver!r}",
+                             key="max_steps", value=cap)
         J, r = len(ts), self.np_real
         h_out, t_out = np.zeros(cap), np.zeros(cap)     # times stay float64
         obs = np.full(cap, -1, np.int32)
@@ -406,7 +411,8 @@ class AdaptiveStepper(runtime.RuntimeBound):
         iout, fout = np.zeros(4, np.int32), np.zeros(3, np.float64)
         self._integrate(np.ascontiguousarray(y, r), np.ascontiguousarray(p, r),
                         np.ascontiguousarray(tgt, np.float64), tidx, len(tgt), obs0, t0, t1,
-                        float(min(h0, t1 - t0)), solver.rtol, solver.atol, self.eps, cap,
+                        float(min(h0, t1 - t0)), ctl.rtol, ctl.atol, self.eps, cap,
+                        ctl.safety, ctl.factor_min, ctl.factor_max, b1, b2,
                         h_out, t_out, obs, ys, yf, iout, fout)
         N, n_rej, n_att, status = (int(v) for v in iout)
         t_end, h_last = float(fout[0]), float(fout[1])
@@ -418,7 +424,7 @@ class AdaptiveStepper(runtime.RuntimeBound):
             raise SimulationError(
                 f"{solver!r} needed more than max_steps={cap} steps (accepted + rejected: "
                 f"{N} + {n_rej}) and stopped at {where} with step {h_last:.3g}; raise "
-                f"max_steps, loosen rtol/atol (rtol={solver.rtol}, atol={solver.atol}), or "
+                f"max_steps, loosen rtol/atol (rtol={ctl.rtol}, atol={ctl.atol}), or "
                 "use BackwardEuler() if the problem is stiff")
         if status == _NONFINITE:
             raise SimulationError(
@@ -439,19 +445,312 @@ class AdaptiveStepper(runtime.RuntimeBound):
                 obs[:N].copy(), int(obs0), ts)
 
 
-class AdjointStages(runtime.RuntimeBound):
-    """Stage values of an explicit RK tableau (``Dopri5``) on a given step grid, for the
-    continuous adjoint's backward pass (:mod:`diffsim.ode.gradients`). Forward-only
-    kernels (nothing here is differentiated), one launch per call:
+#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
+#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
+#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
+DOPRI5_DENSE = np.array([
+    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0, 0, 0, 0],
+    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
 
-    * :meth:`forward`: states y_0 .. y_L from ystart over steps (h_k, t_k) and every stage
-      slope k_q = f(t_k + c_q h_k, Y_q) (L, s, B, n), for the dense output of a
-      checkpointed segment;
-    * :meth:`backward`: the state integrated backwards from yend at t_L = t_{L-1} + h_{L-1}
-      with steps of -h_k (the backsolve adjoint's state), every stage state Y_q
-      (L, s, B, n) at time t_{k+1} - c_q h_k, and each step's embedded error estimate
-      Σ_i (err_i / (atol + rtol·max(|y_i|, |y_i'|)))² (L, B).
+#: Jacobian copies (points × batch × rows) an AdjointPass holds at once: its fields take
+#: about copies × (n + m + 1) × 16 bytes; a pass over more sub-steps runs in blocks
+ADJOINT_COPIES = 1 << 15
+#: copies from which the Jacobian evaluation runs in parallel: a full block only (a
+#: parallel launch costs ~150 µs of dispatch on CPU; measured on Lotka–Volterra at
+#: rtol 1e-10, 11,000 copies: serial 2.0 ms per adjoint, parallel from 4,096: 3.0 ms)
+ADJOINT_PARALLEL_MIN = ADJOINT_COPIES
+
+
+class AdjointPass(runtime.RuntimeBound):
+    """One backward walk of the continuous adjoint by an explicit Runge–Kutta tableau (an
+    embedded pair such as Dopri5 with its error estimate, or classic RK4 without one)
+    over a sub-grid of steps, in four Taichi launches per block of sub-steps and no numpy
+    work per step (:func:`diffsim.ode.gradients.continuous_adjoint` drives it).
+
+    The sub-grid ``sg`` (L, 7) float64 has one row per backward sub-step: size h, start
+    time t, parent step index (in the chunk), index k inside the parent, number of
+    sub-steps r of the parent, the parent's size, and the save index reached at the
+    sub-step's end (-1: none). States at the sub-grid points are ``ysub`` (L + 1, B, n).
+    Per block of sub-steps (from the last):
+
+    1. the state at every stage point (time t + h - c_q h, θ = (k + 1 - c_q)/r of the
+       parent step) goes into the X field: ``points="dense"``, Dopri5's dense output of
+       the forward step (``tape`` (L_f + 1, B, n) states and ``ks`` (L_f, s, B, n) stage
+       slopes of the forward steps); ``"hermite"``, the cubic Hermite interpolant of the
+       step from its two end states and f there (``tape`` only); ``"back"``, the state
+       integrated backwards by the same tableau (backsolve; it fills ``ysub`` and adds
+       the y part of the error estimate to ``err``);
+    2. ``evaluate`` and its reverse (``evaluate.grad``): rows r < n are f_r, row n the
+       running cost g, so X.grad / PX.grad hold [J | ∂f/∂p] and [∂g/∂y | ∂g/∂p];
+    3. ``sweep``: z = (λ, μ) one pair step backwards per sub-step, λ jumping by
+       2w(y - d) at save points (observations), reading the Jacobians from the fields.
+       Writes ``out[l, 0]`` = the jump at sub-grid state l, ``out[l, 1]`` = λ after it
+       (``out[0, 1]``: λ at the first state before its jump) and adds to ``err[l, b]`` the
+       sum over (λ, μ) of (h·Σ e_q k_q / (atol + rtol·max(|z|, |z'|)))².
     """
+
+    @classmethod
+    def get(cls, ode, tableau, B):
+        """The pass of ``tableau`` (a solver class or object with a, b, c and, for error
+        control, e) for (ODE, B) in this runtime, built once (cached on the ODE)."""
+        e = tuple(getattr(tableau, "e", None) or [0.0] * len(tableau.b))
+        key = ("adjoint_pass", tuple(map(tuple, tableau.a)), tuple(tableau.b),
+               tuple(tableau.c), e, int(B), runtime.current().generation)
+        st = ode._cache.get(key)
+        if st is None:
+            st = ode._cache[key] = cls(ode, tableau, B)
+        return st
+
+    def __init__(self, ode, tableau, B):
+        info = self._bind_runtime()
+        self.ode, self.B = ode, int(B)
+        self.a = [list(map(float, r)) for r in tableau.a]
+        self.b, self.c = list(map(float, tableau.b)), list(map(float, tableau.c))
+        self.e = list(map(float, getattr(tableau, "e", None) or [0.0] * len(self.b)))
+        self.dense_ok = len(self.b) == DOPRI5_DENSE.shape[0]
+        self.np_real = info.numpy_dtype
+        n, m, s = ode.n, ode.m, len(self.b)
+        self.R = R = n + (1 if ode.running is not None else 0)
+        self.cap = max(1, ADJOINT_COPIES // (s * self.B * R))      # sub-steps per block
+        pts = self.cap * s
+        runtime.check_memory(pts * self.B * R * (n + m + 1) * 16.0 + pts * 8.0,
+                             what=f"the continuous adjoint's Jacobian fields (batch {B})",
+                             key="batch", value=B)
+        real = info.real
+        self.X = ti.field(real, (pts, B, R, n), needs_grad=True)
+        self.PX = ti.field(real, (pts, B, R, m), needs_grad=True)
+        self.O = ti.field(real, (pts, B, R), needs_grad=True)
+        self.TX = ti.field(real, pts)
+        self.KS = ti.field(ti.f64, (s + 1, B, n + m))
+        self._compile(real)
+
+    def _compile(self, real):
+        ode, B, n, m, R = self.ode, self.B, self.ode.n, self.ode.m, self.R
+        f, g = ode.rhs, ode.running
+        has_run = g is not None
+        a, b, c, e = self.a, self.b, self.c, self.e
+        s = len(b)
+        N = n + m
+        combs = [_comb(n, a[i]) for i in range(s)]
+        final = _comb(n, b)
+        eidx = [j for j in range(s) if e[j] != 0.0]
+        dense = [[float(v) for v in row] for row in DOPRI5_DENSE]
+        didx = [j for j in range(s) if any(dense[j])]       # stages the dense output uses
+        X, PX, O, TX, KS = self.X, self.PX, self.O, self.TX, self.KS
+        nd = ti.types.ndarray()
+
+        @ti.func
+        def put(pt, bb, y, p, t):
+            # one stage point: R copies of (y, p), gradients cleared, each copy seeded
+            TX[pt] = t
+            for r in ti.static(range(R)):
+                O.grad[pt, bb, r] = 1.0
+                for i in ti.static(range(n)):
+                    X[pt, bb, r, i] = y[i]
+                    X.grad[pt, bb, r, i] = 0.0
+                for j in ti.static(range(m)):
+                    PX[pt, bb, r, j] = p[j]
+                    PX.grad[pt, bb, r, j] = 0.0
+
+        @ti.kernel
+        def dense_points(sg: nd, tape: nd, ks: nd, p: nd, off: ti.i32, L: ti.i32):
+            ti.loop_config(serialize=True)
+            for l in range(L):
+                row = off + l
+                hs, ts = sg[row, 0], sg[row, 1]
+                par = ti.cast(sg[row, 2], ti.i32)
+                kq, rq, hp = sg[row, 3], sg[row, 4], sg[row, 5]
+                for bb in range(B):
+                    pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                    for q in ti.static(range(s)):
+                        th = (kq + 1.0 - c[q]) / rq
+                        # w_j(θ) = Σ_r P[j, r] θ^(r+1), Horner form
+                        w = [th * (dense[j][0] + th * (dense[j][1] + th * (dense[j][2]
+                                                                         + th * dense[j][3])))
+                             for j in ti.static(didx)]
+                        y = ti.Vector([tape[par, bb, i] + hp * sum(
+                            [w[u] * ks[par, didx[u], bb, i] for u in ti.static(range(len(didx)))])
+                            for i in ti.static(range(n))])
+                        put(l * s + q, bb, y, pv, ts + hs - c[q] * hs)
+
+        @ti.kernel
+        def hermite_points(sg: nd, tape: nd, p: nd, off: ti.i32, L: ti.i32):
+            ti.loop_config(serialize=True)
+            for l in range(L):
+                row = off + l
+                hs, ts = sg[row, 0], sg[row, 1]
+                par = ti.cast(sg[row, 2], ti.i32)
+                kq, rq, hp = sg[row, 3], sg[row, 4], sg[row, 5]
+                tp = ts - kq * hs                       # the parent step's start
+                for bb in range(B):
+                    pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                    y0 = ti.Vector([tape[par, bb, i] for i in ti.static(range(n))])
+                    y1 = ti.Vector([tape[par + 1, bb, i] for i in ti.static(range(n))])
+                    f0 = _keep(f(tp, y0, pv), n)
+                    f1 = _keep(f(tp + hp, y1, pv), n)
+                    for q in ti.static(range(s)):
+                        th = (kq + 1.0 - c[q]) / rq
+                        u = 1.0 - th
+                        h00, h10 = (1.0 + 2.0 * th) * u * u, th * u * u
+                        h01, h11 = th * th * (3.0 - 2.0 * th), -th * th * u
+                        y = ti.Vector([h00 * y0[i] + h01 * y1[i] + hp * (h10 * f0[i] + h11 * f1[i])
+                                       for i in ti.static(range(n))])
+                        put(l * s + q, bb, y, pv, ts + hs - c[q] * hs)
+
+        @ti.kernel
+        def back_points(sg: nd, ysub: nd, p: nd, err: nd, off: ti.i32, L: ti.i32,
+                        atol: real, rtol: real):
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
+                y = ti.Vector([ysub[off + L, bb, i] for i in ti.static(range(n))])
+                for ll in range(L):
+                    l = L - 1 - ll
+                    row = off + l
+                    h = -sg[row, 0]                   # backwards in time
+                    t = sg[row, 1] + sg[row, 0]
+                    put(l * s, bb, y, pv, t)
+                    kk = [_keep(f(t, y, pv), n)]
+                    for q in ti.static(range(1, s)):
+                        yq = _keep(combs[q](y, h, kk), n)
+                        put(l * s + q, bb, yq, pv, t + c[q] * h)
+                        kk.append(_keep(f(t + c[q] * h, yq, pv), n))
+                    yn = _keep(final(y, h, kk), n)
+                    acc = 0.0
+                    for i in ti.static(range(n)):
+                        est = h * sum([e[j] * kk[j][i] for j in eidx])
+                        sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
+                        acc += (est / sc) ** 2
+                    err[row, bb] += acc
+                    for i in ti.static(range(n)):
+                        ysub[row, bb, i] = yn[i]
+                    y = yn
+
+        def make_evaluate(serial):
+            @ti.kernel
+            def evaluate(M: ti.i32):
+                ti.loop_config(serialize=serial)
+                for i, bb, r in ti.ndrange(M, B, R):
+                    y = ti.Vector([X[i, bb, r, k] for k in ti.static(range(n))])
+                    p = ti.Vector([PX[i, bb, r, j] for j in ti.static(range(m))])
+                    v = f(TX[i], y, p)
+                    # copy r keeps component r only, so its reverse pass yields row r
+                    o = sum([ti.select(r == k, v[k], 0.0) for k in ti.static(range(n))])
+                    if ti.static(has_run):
+                        o += ti.select(r == n, g(TX[i], y, p), 0.0)
+                    O[i, bb, r] = o
+            return evaluate
+
+        @ti.kernel
+        def sweep(sg: nd, ysub: nd, dw: nd, z: nd, out: nd, err: nd, off: ti.i32, L: ti.i32,
+                  obs_first: ti.i32, rtol: ti.f64, atol: ti.f64):
+            ti.loop_config(serialize=True)
+            for bb in range(B):
+                for ll in range(L):
+                    l = L - 1 - ll
+                    row = off + l
+                    hl = sg[row, 0]
+                    jo = ti.cast(sg[row, 6], ti.i32)
+                    for k in ti.static(range(n)):
+                        src = ti.cast(0.0, ti.f64)
+                        if jo >= 0:
+                            src = 2.0 * dw[1, bb, jo, k] * (ysub[row + 1, bb, k] - dw[0, bb, jo, k])
+                        out[row + 1, 0, bb, k] = src
+                        z[bb, k] += src
+                        out[row + 1, 1, bb, k] = z[bb, k]
+                    for q in ti.static(range(s)):
+                        pt = l * s + q
+                        for k in ti.static(range(n)):            # stage λ in scratch row s
+                            v = z[bb, k]
+                            for j in ti.static(range(q)):
+                                if ti.static(a[q][j] != 0.0):
+                                    v += hl * a[q][j] * KS[j, bb, k]
+                            KS[s, bb, k] = v
+                        # slope: [J | ∂f/∂p]ᵀ λ + [∂g/∂y | ∂g/∂p] from the reverse pass
+                        for k in ti.static(range(N)):
+                            acc = ti.cast(0.0, ti.f64)
+                            if ti.static(has_run):
+                                if ti.static(k < n):
+                                    acc = X.grad[pt, bb, n, k]
+                                else:
+                                    acc = PX.grad[pt, bb, n, k - n]
+                            for d in ti.static(range(n)):
+                                if ti.static(k < n):
+                                    acc += X.grad[pt, bb, d, k] * KS[s, bb, d]
+                                else:
+                                    acc += PX.grad[pt, bb, d, k - n] * KS[s, bb, d]
+                            KS[q, bb, k] = acc
+                    sq = ti.cast(0.0, ti.f64)
+                    for k in ti.static(range(N)):
+                        dz, ez = ti.cast(0.0, ti.f64), ti.cast(0.0, ti.f64)
+                        for q in ti.static(range(s)):
+                            if ti.static(b[q] != 0.0):
+                                dz += b[q] * KS[q, bb, k]
+                            if ti.static(e[q] != 0.0):
+                                ez += e[q] * KS[q, bb, k]
+                        new = z[bb, k] + hl * dz
+                        sc = atol + rtol * ti.max(ti.abs(z[bb, k]), ti.abs(new))
+                        sq += (hl * ez / sc) ** 2
+                        z[bb, k] = new
+                    err[row, bb] += sq
+                if off == 0:
+                    for k in ti.static(range(n)):
+                        src = ti.cast(0.0, ti.f64)
+                        if obs_first >= 0:
+                            src = 2.0 * dw[1, bb, obs_first, k] * (ysub[0, bb, k]
+                                                                    - dw[0, bb, obs_first, k])
+                        out[0, 0, bb, k] = src
+                        out[0, 1, bb, k] = z[bb, k]
+
+        self._dense, self._hermite, self._back = dense_points, hermite_points, back_points
+        self._sweep = sweep
+        self._evaluate_serial, self._evaluate_parallel = make_evaluate(True), make_evaluate(False)
+
+    def run(self, sg, ysub, z, dw, obs_first, params, rtol, atol, points, tape=None, ks=None):
+        """One backward walk over the sub-grid ``sg`` (see the class doc). ``points``
+        "dense" (``tape`` and ``ks`` of the forward steps) or "hermite" (``tape``):
+        ``ysub`` the states at the sub-grid points (only save points are read); "back":
+        ``ysub[L]`` the end state, the rest is filled. Returns (z at the sub-grid start
+        (B, n + m), out (L + 1, 2, B, n), err² sums (L, B))."""
+        self._check_runtime()
+        if points == "dense" and not self.dense_ok:
+            raise DiffsimError("internal: dense-output stage points need Dopri5's tableau")
+        L, s = len(sg), len(self.b)
+        z = np.array(z, dtype=np.float64)
+        out = np.zeros((L + 1, 2, self.B, self.ode.n))
+        err = np.zeros((L, self.B))
+        p = np.ascontiguousarray(params, dtype=np.float64)
+        e = L
+        while e > 0:
+            o = max(0, e - self.cap)
+            cnt = e - o
+            if points == "back":
+                self._back(sg, ysub, p, err, o, cnt, atol, rtol)
+            elif points == "dense":
+                self._dense(sg, tape, ks, p, o, cnt)
+            else:
+                self._hermite(sg, tape, p, o, cnt)
+            par = cnt * s * self.B * self.R >= ADJOINT_PARALLEL_MIN
+            ev = self._evaluate_parallel if par else self._evaluate_serial
+            ev(cnt * s)
+            ev.grad(cnt * s)
+            self._sweep(sg, ysub, dw, z, out, err, o, cnt, int(obs_first), float(rtol),
+                        float(atol))
+            e = o
+        return z, out, err
+
+
+class AdjointStages(runtime.RuntimeBound):
+    """States and stage slopes of an explicit RK tableau (``Dopri5``) on a given step
+    grid, for the dense output of the continuous adjoint's checkpointed backward pass
+    (:class:`AdjointPass`). Forward only (nothing here is differentiated), one launch:
+    :meth:`forward` returns the states y_0 .. y_L from ystart over steps (h_k, t_k) and
+    every stage slope k_q = f(t_k + c_q h_k, Y_q) (L, s, B, n)."""
 
     @classmethod
     def get(cls, ode, solver, B):
@@ -461,18 +760,17 @@ class AdjointStages(runtime.RuntimeBound):
         info = self._bind_runtime()
         self.ode, self.B = ode, int(B)
         self.a = [list(map(float, r)) for r in solver.a]
-        self.b, self.c, self.e = (list(map(float, v)) for v in (solver.b, solver.c, solver.e))
+        self.b, self.c = (list(map(float, v)) for v in (solver.b, solver.c))
         self.np_real = info.numpy_dtype
         self._compile(info.real)
 
     def _compile(self, real):
         ode, B, n, m = self.ode, self.B, self.ode.n, self.ode.m
         f = ode.rhs
-        a, b, c, e = self.a, self.b, self.c, self.e
+        a, b, c = self.a, self.b, self.c
         s = len(b)
         combs = [_comb(n, a[i]) for i in range(s)]
         final = _comb(n, b)
-        eidx = [j for j in range(s) if e[j] != 0.0]
         nd = ti.types.ndarray()
 
         @ti.kernel
@@ -497,40 +795,7 @@ class AdjointStages(runtime.RuntimeBound):
                         tape[k + 1, bb, i] = yn[i]
                     y = yn
 
-        @ti.kernel
-        def backward(hs: nd, ts: nd, yend: nd, p: nd, atol: real, rtol: real, tape: nd,
-                     ys: nd, err: nd):
-            L = hs.shape[0]
-            ti.loop_config(serialize=True)
-            for bb in range(B):
-                pv = ti.Vector([p[bb, j] for j in ti.static(range(m))])
-                y = ti.Vector([yend[bb, i] for i in ti.static(range(n))])
-                for i in ti.static(range(n)):
-                    tape[L, bb, i] = y[i]
-                for kk_ in range(L):
-                    k = L - 1 - kk_
-                    h = -hs[k]                       # backwards in time
-                    t = ts[k] + hs[k]
-                    kk = [_keep(f(t, y, pv), n)]
-                    for i in ti.static(range(n)):
-                        ys[k, 0, bb, i] = y[i]
-                    for q in ti.static(range(1, s)):
-                        yq = combs[q](y, h, kk)
-                        for i in ti.static(range(n)):
-                            ys[k, q, bb, i] = yq[i]
-                        kk.append(_keep(f(t + c[q] * h, yq, pv), n))
-                    yn = _keep(final(y, h, kk), n)
-                    acc = 0.0
-                    for i in ti.static(range(n)):
-                        est = h * sum([e[j] * kk[j][i] for j in eidx])
-                        sc = atol + rtol * ti.max(ti.abs(y[i]), ti.abs(yn[i]))
-                        acc += (est / sc) ** 2
-                    err[k, bb] = acc
-                    for i in ti.static(range(n)):
-                        tape[k, bb, i] = yn[i]
-                    y = yn
-
-        self._forward, self._backward = forward, backward
+        self._forward = forward
 
     def forward(self, h, t, ystart, params):
         """States (L + 1, B, n) and stage slopes (L, s, B, n) over steps (h, t) (L,)."""
@@ -540,15 +805,3 @@ class AdjointStages(runtime.RuntimeBound):
         self._forward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
                       np.ascontiguousarray(ystart, r), np.ascontiguousarray(params, r), tape, ks)
         return tape.astype(np.float64), ks.astype(np.float64)
-
-    def backward(self, h, t, yend, params, rtol, atol):
-        """States (L + 1, B, n) integrated backwards from yend (tape[L] = yend), stage
-        states (L, s, B, n) and squared scaled error sums (L, B) of steps (h, t) (L,)."""
-        self._check_runtime()
-        r, B, n, L = self.np_real, self.B, self.ode.n, len(h)
-        tape, ys = np.zeros((L + 1, B, n), r), np.zeros((L, len(self.b), B, n), r)
-        err = np.zeros((L, B), r)
-        self._backward(np.ascontiguousarray(h, r), np.ascontiguousarray(t, r),
-                       np.ascontiguousarray(yend, r), np.ascontiguousarray(params, r),
-                       atol, rtol, tape, ys, err)
-        return tape.astype(np.float64), ys.astype(np.float64), err.astype(np.float64)

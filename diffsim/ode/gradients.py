@@ -16,9 +16,11 @@ needed, so memory is O(K + N/K) states for K segments.
   discrete gradient to rounding. Cost grows with the number of parameters (columns).
 - adjoint: λ' = -Jᵀλ - ∂g/∂y and μ' = -(∂f/∂p)ᵀλ - ∂g/∂p integrated backwards from
   λ(T) = ∂φ/∂y, μ(T) = ∂φ/∂p, λ jumping by 2w(y - d) at observations; J = ∂f/∂y and
-  ∂f/∂p at the stage points come from Taichi reverse mode of f (:mod:`.pointwise`), one
-  launch per segment and pass. Fixed-step solvers: classic RK4 on the solver's own step
-  grid (error: that grid's discretisation error). Adaptive solvers (Dopri5): the
+  ∂f/∂p at the stage points come from Taichi reverse mode of f, kept in Taichi fields
+  and read by the backward stage recursion (:class:`~diffsim.ode.adaptive.AdjointPass`:
+  four launches per block of backward steps and pass). Fixed-step solvers: classic RK4
+  on the solver's own step grid (error: that grid's discretisation error). Adaptive
+  solvers (Dopri5): the
   solver's own pair on its accepted steps, each step split until the embedded error
   estimate of the backward system is within rtol/atol, so the gradient reaches the
   accuracy the solver was asked for. "backsolve" re-integrates y backwards alongside λ
@@ -30,9 +32,10 @@ needed, so memory is O(K + N/K) states for K segments.
 - implicit solvers: Φ_i = (I - h J_{i+1})⁻¹, Ψ_i = (I - h J_{i+1})⁻¹ h ∂f/∂p at the
   converged state (implicit function theorem), never differentiating Newton iterations.
 
-Every per-step matrix is assembled vectorised in numpy; the time recursions run in small
-forward-only Taichi kernels (forward sensitivities and the discrete adjoint: matrix
-recursions; the continuous adjoint: a stage kernel per tableau).
+Forward sensitivities and the discrete adjoint of implicit solvers assemble their
+per-step matrices vectorised in numpy (:mod:`.pointwise`) and run the matrix recursions
+in small forward-only Taichi kernels; the continuous adjoint keeps everything per step
+in Taichi (:class:`~diffsim.ode.adaptive.AdjointPass`).
 """
 
 import numpy as np
@@ -41,6 +44,8 @@ from ..backend import ti
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from ..gradients import Adjoint  # noqa: F401 (re-exported by diffsim.ode)
+# DOPRI5_DENSE: re-exported, the dense output is documented with the adjoint here
+from .adaptive import DOPRI5_DENSE, AdjointPass, AdjointStages  # noqa: F401
 from .pointwise import PointJacobian
 from .solvers import RK4, Dopri5
 
@@ -110,75 +115,6 @@ def _kernels():
 
     _KERNELS.update(gen=gen, fwd=fwd, rev=rev)
     return fwd, rev
-
-
-def _stage_kernel(a, b, e, n, m):
-    """Forward-only kernel for one explicit RK tableau (a, b; error weights e) applied to
-    the adjoint ODE backwards in time over L steps (s = -t), for z = (λ, μ):
-
-        dλ/ds = Jᵀλ + g_y,   dμ/ds = (∂f/∂p)ᵀλ + g_p
-
-    with JJ = [J | ∂f/∂p] (M, B, n, n + m) and gg = [g_y | g_p] (M, B, n + m) given at M
-    points; stage q of step l reads point idx[q, l]. Step l goes from t_{l+1} to t_l with
-    size h[l], λ first jumping by src[l+1] (src: (L + 1, B, n)). Stage λ's are formed
-    directly from λ (no matrices): O(s²n + s·n·(n + m)) per step. Writes z at t_0 in
-    place, lp[l] = λ entering step l - 1 (after its jump; lp[0] = λ(t_0) before src[0])
-    and err[l, b] = Σ over the n + m components of (h·Σ e_q k_q / (atol + rtol·max(|z|,
-    |z'|)))². scratch: (s + 1, B, n + m). Compiled per tableau and (n, m) (unrolled)."""
-    key = ("stage", tuple(map(tuple, a)), tuple(b), tuple(e), n, m, runtime.current().generation)
-    k = _KERNELS.get(key)
-    if k is not None:
-        return k
-    s = len(b)
-    a = [[float(x) for x in row] + [0.0] * (s - len(row)) for row in a]
-    b, e = [float(x) for x in b], [float(x) for x in e]
-    N = n + m
-    nd = ti.types.ndarray()
-
-    @ti.kernel
-    def stages(h: nd, idx: nd, JJ: nd, gg: nd, src: nd, z: nd, K: nd, lp: nd, err: nd,
-               rtol: ti.f64, atol: ti.f64):
-        L, B = h.shape[0], z.shape[0]
-        ti.loop_config(serialize=True)
-        for bb in range(B):
-            for ii in range(L):
-                l = L - 1 - ii
-                hl = h[l]
-                for c in ti.static(range(n)):
-                    z[bb, c] += src[l + 1, bb, c]
-                    lp[l + 1, bb, c] = z[bb, c]
-                for q in ti.static(range(s)):
-                    pt = idx[q, l]
-                    for c in ti.static(range(n)):            # stage λ, kept in scratch row s
-                        v = z[bb, c]
-                        for j in ti.static(range(q)):
-                            if ti.static(a[q][j] != 0.0):
-                                v += hl * a[q][j] * K[j, bb, c]
-                        K[s, bb, c] = v
-                    for c in ti.static(range(N)):
-                        acc = gg[pt, bb, c]
-                        for d in ti.static(range(n)):
-                            acc += JJ[pt, bb, d, c] * K[s, bb, d]
-                        K[q, bb, c] = acc
-                sq = ti.cast(0.0, ti.f64)         # float64 whatever the runtime's default
-                for c in ti.static(range(N)):
-                    dz, ez = ti.cast(0.0, ti.f64), ti.cast(0.0, ti.f64)
-                    for q in ti.static(range(s)):
-                        if ti.static(b[q] != 0.0):
-                            dz += b[q] * K[q, bb, c]
-                        if ti.static(e[q] != 0.0):
-                            ez += e[q] * K[q, bb, c]
-                    new = z[bb, c] + hl * dz
-                    sc = atol + rtol * ti.max(ti.abs(z[bb, c]), ti.abs(new))
-                    sq += (hl * ez / sc) ** 2
-                    z[bb, c] = new
-                err[l, bb] = sq
-            for c in ti.static(range(n)):
-                lp[0, bb, c] = z[bb, c]
-
-    stages.n_stages = s
-    _KERNELS[key] = stages
-    return stages
 
 
 # -- pointwise Jacobians of one (ODE, solver, batch) ----------------------------------
@@ -356,8 +292,9 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
 
     Fixed-step solvers: classic RK4 backwards on the solver's own grid (its error is the
     grid's discretisation error). Adaptive solvers (Dopri5): the solver's own pair with
-    error control at its rtol/atol (:func:`_adaptive_segment`). Both run the same stage
-    kernel (:func:`_stage_kernel`) on Jacobians from :mod:`.pointwise`."""
+    error control at its rtol/atol (:func:`_adaptive_segment`). Both walk backwards with
+    :class:`~diffsim.ode.adaptive.AdjointPass` (stage states, Jacobians of f and the
+    running cost by Taichi reverse mode, and the stage recursion, kept in Taichi fields)."""
     if kind == "backsolve" and grid.solver.implicit:
         raise DiffsimError("Adjoint(kind='backsolve') integrates the state backwards with an "
                            "explicit method, which is unstable for the stiff problems implicit "
@@ -369,11 +306,10 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
         if list(solver.c) != list(Dopri5.c) or list(solver.b) != list(Dopri5.b):
             raise DiffsimError(f"the continuous adjoint of {solver!r} needs Dopri5's dense "
                                "output; use Dopri5() or gradient='discrete'")
-        from .adaptive import AdjointStages
         tab = AdjointStages.get(ode, solver, B)
-        kern = _stage_kernel(solver.a, solver.b, solver.e, n, m)
+        ap = AdjointPass.get(ode, solver, B)
     else:
-        kern = _stage_kernel(RK4.a, RK4.b, [0.0] * len(RK4.b), n, m)
+        ap = AdjointPass.get(ode, RK4, B)
     _, fy, fp = grid.final_terms(grid.cps[-1])
     z = np.concatenate([fy, fp], axis=1)              # (λ, μ) at t1
     yend = grid.cps[-1]
@@ -381,9 +317,9 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     steps, passes = 0, 0
     for seg in reversed(range(len(grid.segs))):
         if solver.adaptive:
-            pieces = _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve)
+            pieces = _adaptive_segment(grid, ap, tab, seg, z, yend, backsolve)
         else:
-            pieces = [_rk4_segment(grid, kern, seg, z, yend, backsolve)]
+            pieces = [_rk4_segment(grid, ap, seg, z, yend, backsolve)]
         for z, src, lp, times, yend, np_ in pieces:
             passes += np_
             steps += len(times) - 1
@@ -397,80 +333,46 @@ def continuous_adjoint(grid: Grid, kind="checkpointed", trace=None, stats=None):
     return _initial_gradients(grid, z[:, :n] + src0, z[:, n:])
 
 
-def _point_jacobians(grid, X, TX):
-    """[J | ∂f/∂p] (M, B, n, n + m) and [∂g/∂y | ∂g/∂p] (M, B, n + m) (zeros without a
-    running cost g) at M points X (M, B, n), times TX (M,): one reverse-mode launch each."""
-    p = grid.params
-    _, J, Jp = grid.jac("rhs", X, TX, 0.0, p)
-    JJ = np.concatenate([J, Jp], axis=3)
-    if grid.ode.running is not None:
-        _, gy, gp = grid.jac("running", X, TX, 0.0, p)
-        gg = np.concatenate([gy[:, :, 0], gp[:, :, 0]], axis=2)
-    else:
-        gg = np.zeros(JJ.shape[:2] + JJ.shape[3:])
-    return JJ, gg
+def _obs_column(grid, i0, cnt):
+    """Save index reached at the end of steps i0 .. i0 + cnt - 1, and at state i0 itself."""
+    first = grid.obs0 if i0 == 0 else int(grid.obs[i0 - 1])
+    return grid.obs[i0:i0 + cnt], first
 
 
-def _sweep(kern, h, idx, JJ, gg, src, z, rtol=1.0, atol=1.0):
-    """One backward walk of the stage kernel over a segment: (z at its start, lp, err²)."""
-    L, (B, N), n = len(h), z.shape, src.shape[2]
-    z = z.copy()
-    lp, sq = np.zeros((L + 1, B, n)), np.zeros((L, B))
-    kern(np.ascontiguousarray(h, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.int32),
-         np.ascontiguousarray(JJ), np.ascontiguousarray(gg), src, z,
-         np.zeros((kern.n_stages + 1, B, N)), lp, sq, rtol, atol)
-    return z, lp, sq
-
-
-def _rk4_segment(grid, kern, seg, z, yend, backsolve):
-    """Classic RK4 backwards over one segment of a fixed-step (or implicit) grid.
-    Checkpointed: stage states from the recomputed segment, the half-step states by cubic
-    Hermite interpolation; backsolve: the recorded backward RK4 stages of y."""
+def _rk4_segment(grid, ap, seg, z, yend, backsolve):
+    """Classic RK4 backwards over one segment of a fixed-step (or implicit) grid, one
+    :meth:`AdjointPass.run <diffsim.ode.adaptive.AdjointPass.run>`. Checkpointed: stage
+    states from the recomputed segment (the half-step states by cubic Hermite
+    interpolation); backsolve: the state integrated backwards by RK4 alongside λ."""
     i0, cnt = grid.segs[seg]
     h, t = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
-    t1 = t + h
-    L = cnt
-    ar = np.arange(L)
+    B, n = grid.params.shape[0], grid.ode.n
+    obs, first = _obs_column(grid, i0, cnt)
+    sg = np.empty((cnt, 7))
+    sg[:, 0], sg[:, 1], sg[:, 2], sg[:, 3] = h, t, np.arange(cnt), 0.0
+    sg[:, 4], sg[:, 5], sg[:, 6] = 1.0, h, obs
+    dw = np.ascontiguousarray(np.stack([grid.D, grid.W]), dtype=np.float64)
     if backsolve:
-        stages, tape = grid.backsolve(i0, cnt, yend)          # (L, 4, B, n): at t1 - c_q h
-        TX = t1[:, None] - np.asarray(RK4.c)[None, :] * h[:, None]
-        JJ, gg = _point_jacobians(grid, stages.reshape((-1,) + stages.shape[2:]), TX.ravel())
-        idx = 4 * ar[None, :] + np.arange(4)[:, None]
-        yend = tape[0]
+        ysub = np.zeros((cnt + 1, B, n))
+        ysub[cnt] = yend
+        z, out, _ = ap.run(sg, ysub, z, dw, first, grid.params, 1.0, 1.0, "back")
+        yend = ysub[0]
     else:
-        tape = grid.record(i0, cnt, grid.cps[seg])
-        tt = np.concatenate([t, t1[-1:]])
-        fv, _, _ = grid.jac("rhs", tape, tt, 0.0, grid.params)
-        mid = 0.5 * (tape[:-1] + tape[1:]) + h[:, None, None] / 8 * (fv[:-1] - fv[1:])
-        JJ, gg = _point_jacobians(grid, np.concatenate([tape, mid]),
-                                  np.concatenate([tt, t1 - 0.5 * h]))
-        # stages at t1 - c_q h: the later state, the mid-point twice, the earlier state
-        idx = np.stack([ar + 1, L + 1 + ar, L + 1 + ar, ar])
-    src, _ = grid.state_sources(i0, tape, with_running=False)
-    z, lp, _ = _sweep(kern, h, idx, JJ, gg, src, z)
-    return z, src, lp, grid.steps.state_times(np.arange(i0, i0 + L + 1)), yend, 1
+        tape = np.ascontiguousarray(grid.record(i0, cnt, grid.cps[seg]))
+        z, out, _ = ap.run(sg, tape, z, dw, first, grid.params, 1.0, 1.0, "hermite", tape)
+    times = grid.steps.state_times(np.arange(i0, i0 + cnt + 1))
+    return z, out[:, 0], out[:, 1], times, yend, 1
 
 
 # -- the adjoint of adaptive solvers ----------------------------------------------------
-#: Dopri5's continuous extension (Shampine 1986; the coefficients of Hairer's DOPRI5 dense
-#: output as used by scipy's RK45): y(t + θh) = y + h Σ_j k_j Σ_r P[j, r] θ^(r+1) with the
-#: step's 7 stage slopes k_j; 4th order, equal to the step's 5th-order result at θ = 1
-DOPRI5_DENSE = np.array([
-    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
-    [0, 0, 0, 0],
-    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
-    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
-    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
-    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
-    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
-
 #: passes over one segment (each splits the steps whose backward error was too large)
 #: before the adjoint gives up with a SimulationError
 ADJOINT_MAX_PASSES = 10
 #: most backward sub-steps per accepted forward step
 ADJOINT_MAX_SPLIT = 1 << 10
 #: forward steps per chunk of the adaptive backward pass, and most sub-steps in a chunk
-#: (memory: sub-steps × 7 stage points × B × n × (n + m) Jacobian entries)
+#: (memory: a chunk's sub-grid, its states and λ; the Jacobians are held per block of
+#: AdjointPass.cap sub-steps)
 ADJOINT_CHUNK = 1024
 ADJOINT_CHUNK_SUBSTEPS = 4096
 
@@ -486,19 +388,7 @@ def _subgrid(h, t, sub):
     return h[parent] / r, t[parent] + h[parent] * (k / r), parent, k, start
 
 
-def _dense_stages(c, tape, ks, h, parent, k, r):
-    """Checkpointed segment: the states at the backward stage times of sub-steps (parent
-    step i, k-th of r) from step i's dense output: stage q at θ = (k + 1 - c_q)/r of the
-    forward step, (L', s, B, n)."""
-    th = (k[:, None] + 1.0 - np.asarray(c)[None, :]) / r[:, None]               # (L', s)
-    W = (th[..., None] ** np.arange(1, 5)) @ DOPRI5_DENSE.T                      # (L', s, 7)
-    kp = ks[parent]                                                              # (L', 7, B, n)
-    Lp, S = kp.shape[:2]
-    inc = (W @ kp.reshape(Lp, S, -1)).reshape((Lp, len(c)) + kp.shape[2:])
-    return tape[parent][:, None] + h[parent][:, None, None, None] * inc
-
-
-def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
+def _adaptive_segment(grid, ap, tab, seg, z, yend, backsolve):
     """The continuous adjoint of an adaptive solver over one segment, backwards: the
     augmented backward system (λ, μ and, for backsolve, y) integrated by the solver's own
     embedded pair (Dopri5) with error control at its rtol/atol.
@@ -509,74 +399,44 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
     the 5th power of the step) and the steps are walked again, until every step passes
     (else a SimulationError). Observation times are forward grid points, so λ's jumps
     fall on step boundaries. States at the stage times: checkpointed, from the forward
-    step's 4th-order dense output (:data:`DOPRI5_DENSE`) on the recomputed segment (a
-    later pass evaluates Jacobians only on the split steps); backsolve, the backward
-    stages of y themselves (all of them again in each pass). Memory: the segment is
+    step's 4th-order dense output (:data:`~diffsim.ode.adaptive.DOPRI5_DENSE`) on the
+    recomputed segment; backsolve, the backward stages of y themselves. Each walk is one
+    :meth:`AdjointPass.run <diffsim.ode.adaptive.AdjointPass.run>` (four launches per
+    block of sub-steps, Jacobians kept in Taichi fields). Memory: the segment is
     processed in chunks of at most :data:`ADJOINT_CHUNK` forward steps and
     :data:`ADJOINT_CHUNK_SUBSTEPS` backward sub-steps (a chunk shrinks when its steps
     are split beyond that). Yields (z, src, lp, times, yend, passes) per chunk."""
-    ode, solver, p = grid.ode, grid.solver, grid.params
-    B, n, m = p.shape[0], ode.n, ode.m
-    c = solver.c
-    s = len(c)
-    rtol, atol = solver.rtol, solver.atol
-    # point slots of a sub-step: dense states coincide for equal c (Dopri5's two c = 1
-    # stages); backward stages of y are all distinct
-    if backsolve:
-        slot = list(range(s))
-    else:
-        cs = sorted(set(c))
-        slot = [cs.index(cq) for cq in c]
-    cslot = np.array([c[slot.index(j)] for j in range(max(slot) + 1)])
-    P = len(cslot)
+    solver, p = grid.solver, grid.params
+    B, n, m = p.shape[0], grid.ode.n, grid.ode.m
+    rtol, atol = solver.controller.rtol, solver.controller.atol
     i0, cnt = grid.segs[seg]
     h_all, t_all = grid.h[i0:i0 + cnt], grid.t[i0:i0 + cnt]
+    obs_all = grid.obs[i0:i0 + cnt]                 # save index reached by each step
     if not backsolve:
         tape_all, ks_all = tab.forward(h_all, t_all, grid.cps[seg], p)
+    dw = np.ascontiguousarray(np.stack([grid.D, grid.W]), dtype=np.float64)
+    comps = n + m + (n if backsolve else 0)
     sub_all = np.ones(cnt, np.int64)
     c1 = cnt
     while c1 > 0:
         c0 = max(0, c1 - ADJOINT_CHUNK)
-        changed = np.ones(cnt, bool)        # parents whose stage points are new
-        old = None
         for passes in range(1, ADJOINT_MAX_PASSES + 1):
             h, t, sub = h_all[c0:c1], t_all[c0:c1], sub_all[c0:c1]
             hs, ts, parent, k, start = _subgrid(h, t, sub)
             L = len(hs)
-            yerr = None
+            sg = np.empty((L, 7))
+            sg[:, 0], sg[:, 1], sg[:, 2], sg[:, 3] = hs, ts, parent, k
+            sg[:, 4], sg[:, 5], sg[:, 6] = sub[parent], h[parent], -1.0
+            sg[start[1:] - 1, 6] = obs_all[c0:c1]
+            obs_first = _obs_column(grid, i0 + c0, 0)[1]
+            ysub = np.zeros((L + 1, B, n))
             if backsolve:
-                sstates, Ys, yerr = tab.backward(hs, ts, yend, p, rtol, atol)
-                src_o, _ = grid.state_sources(i0 + c0, sstates[start], with_running=False)
-                fresh = np.ones(L, bool)
+                ysub[L] = yend
+                z_new, out, sq = ap.run(sg, ysub, z, dw, obs_first, p, rtol, atol, "back")
             else:
-                tape, ks = tape_all[c0:c1 + 1], ks_all[c0:c1]
-                src_o, _ = grid.state_sources(i0 + c0, tape, with_running=False)
-                fresh = changed[c0:c1][parent]
-            # Jacobians at the fresh sub-steps' stage points; the others keep last pass's
-            JJ, gg = np.empty((L, P, B, n, n + m)), np.empty((L, P, B, n + m))
-            if old is not None and not fresh.all():
-                keep = ~fresh
-                prev = old[2][parent[keep]] + k[keep]
-                JJ[keep], gg[keep] = old[0][prev], old[1][prev]
-            fi = np.nonzero(fresh)[0]
-            if backsolve:
-                X = Ys
-            else:
-                X = _dense_stages(cslot, tape, ks, h, parent[fi], k[fi], sub[parent[fi]])
-            TX = (ts[fi] + hs[fi])[:, None] - cslot[None, :] * hs[fi][:, None]
-            Jf, gf = _point_jacobians(grid, X.reshape((-1, B, n)), TX.ravel())
-            JJ[fi] = Jf.reshape((len(fi), P) + Jf.shape[1:])
-            gg[fi] = gf.reshape((len(fi), P) + gf.shape[1:])
-            old = (JJ, gg, start)
-            idx = np.arange(L)[None, :] * P + np.array(slot)[:, None]
-            src = np.zeros((L + 1, B, n))
-            src[start] = src_o
-            z_new, lp, sq = _sweep(kern, hs, idx, JJ.reshape((L * P,) + JJ.shape[2:]),
-                                   gg.reshape((L * P,) + gg.shape[2:]), src, z, rtol, atol)
-            comps = n + m
-            if yerr is not None:
-                sq = sq + yerr
-                comps += n
+                ysub[start] = tape_all[c0:c1 + 1]
+                z_new, out, sq = ap.run(sg, ysub, z, dw, obs_first, p, rtol, atol, "dense",
+                                        tape_all[c0:c1 + 1], ks_all[c0:c1])
             err = np.sqrt(sq / comps).max(axis=1)                     # (L,)
             if not np.all(np.isfinite(err)):
                 raise SimulationError(
@@ -592,14 +452,10 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
             sub[bad] *= np.maximum(2, np.ceil((2.0 * worst[bad]) ** 0.2)).astype(np.int64)
             if sub.max() > ADJOINT_MAX_SPLIT:
                 break
-            changed[:] = False
-            changed[c0:c1] = bad
             # too many sub-steps for one chunk: keep its later steps, start it afresh
             tot = np.cumsum(sub[::-1])
             if tot[-1] > ADJOINT_CHUNK_SUBSTEPS and c1 - c0 > 1:
                 c0 = c1 - max(1, int(np.searchsorted(tot, ADJOINT_CHUNK_SUBSTEPS, side="right")))
-                changed[:] = True
-                old = None
         if bad.any():
             i = int(np.argmax(worst))
             raise SimulationError(
@@ -608,9 +464,9 @@ def _adaptive_segment(grid, tab, kern, seg, z, yend, backsolve):
                 f"tolerance with it split into {sub[i]} sub-steps); loosen the tolerances "
                 "or use gradient='discrete'")
         if backsolve:
-            yend = sstates[0]
+            yend = ysub[0]
         z = z_new
-        yield z, src, lp, np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
+        yield z, out[:, 0], out[:, 1], np.concatenate([ts, ts[-1:] + hs[-1:]]), yend, passes
         c1 = c0
 
 

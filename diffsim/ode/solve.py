@@ -174,10 +174,11 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
             raise DiffsimError("saveat times must be strictly increasing")
     jac = jacobians(ode, solver, B)
     if solver.adaptive:
-        from .adaptive import adaptive_grid
+        from .adaptive import AdaptiveStepper, adaptive_grid
         y_start = y0 if ode.y0 is None else jac("y0", y0[None], t0, 0.0, params)[0][0]
         h, t, obs, obs0, ts = adaptive_grid(ode, solver, t0, t1, y_start, params, saveat)
         steps = StepGrid.arrays(h, t, obs, obs0, ts)
+        stepper = AdaptiveStepper.get(ode, solver, B)
     else:
         steps = fixed_grid(t0, t1, dt, saveat)
         # memory is bounded in the number of steps but not constant: refuse before any
@@ -199,6 +200,11 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
     d, w = _data(data, weights, B, J, ode.n)
     if solver.implicit:
         run = _ImplicitRun(ode, solver, jac, steps, d, w, max_fused)
+    elif (solver.adaptive and gradient in (None, "adjoint") and ode.running is None
+          and max_fused is None and steps.N <= TAPE_STEPS):
+        # the adaptive stepper already holds the saved and final states: no fused
+        # forward pass (it would repeat the same steps bit for bit)
+        run = _SteppedRun(ode, solver, jac, steps, d, w, y_start, stepper)
     else:
         cap = steps.N
         if solver.adaptive:      # share one compiled integration across step counts
@@ -206,7 +212,7 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
         it = _integration(ode, solver, B, cap, J, max_fused)
         it.set_grid(steps)
         it.set_data(d, w)
-        run = _ExplicitRun(it, jac, merge=max_fused is None)
+        run = _ExplicitRun(it, solver, jac, merge=max_fused is None)
     if isinstance(gradient, Adjoint) and gradient.kind is not None:
         adjoint = gradient                     # an explicit kind passed as the method wins
     return _solve(run, ts, params, y0, gradient, adjoint or Adjoint(), adjoint_trace)
@@ -215,9 +221,11 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
 class _ExplicitRun:
     """Forward pass by the fused Taichi integration; tapes by its record kernel."""
 
-    def __init__(self, it, jac, merge):
-        self.it, self.jac, self.merge = it, jac, merge
-        self.ode, self.solver = it.ode, it.solver
+    def __init__(self, it, solver, jac, merge):
+        # this call's solver, not it.solver: the integration is cached per solver class,
+        # and a later solve's controller settings (the adjoint's rtol/atol) must win
+        self.it, self.solver, self.jac, self.merge = it, solver, jac, merge
+        self.ode = it.ode
 
     def losses(self, params, y0):
         self.it.set_inputs(params, y0)
@@ -236,8 +244,35 @@ class _ExplicitRun:
             # join the fused segments into tapes of up to TAPE_STEPS (fewer launches)
             segs, keep = _merge(segs, TAPE_STEPS)
             cps = cps[keep]
-        return Grid(it.ode, it.solver, self.jac, it.steps, it.data.astype(np.float64),
+        return Grid(it.ode, self.solver, self.jac, it.steps, it.data.astype(np.float64),
                     it.weights.astype(np.float64), params, y0, it.record, segs, cps, it.backsolve)
+
+
+class _SteppedRun:
+    """An adaptive solve whose loss needs no fused forward pass: the loss and states come
+    from the adaptive stepper's own run (save states, final state), one tape segment.
+    Used for the loss only and the continuous adjoint without a running cost; the
+    gradient methods that differentiate the steps (discrete, forward, fd) use the fused
+    integration instead."""
+
+    def __init__(self, ode, solver, jac, steps, d, w, y_start, stepper):
+        self.ode, self.solver, self.jac, self.steps = ode, solver, jac, steps
+        self.d, self.w = d, w
+        self.ys, self.y_final = stepper.ys, stepper.y_final
+        self.cps = np.stack([np.asarray(y_start, dtype=np.float64), self.y_final])
+        self.segs = [(0, steps.N)]
+
+    def losses(self, params, y0):
+        g = self.grid(params, y0)
+        r = self.ys - self.d
+        return (self.w * r * r).sum(axis=(1, 2)) + g.final_terms(self.y_final)[0]
+
+    def outputs(self):
+        return self.ys, self.cps, self.segs, self.steps.N
+
+    def grid(self, params, y0):
+        return Grid(self.ode, self.solver, self.jac, self.steps, self.d, self.w, params, y0,
+                    None, self.segs, self.cps)
 
 
 #: longest tape segment of the forward and adjoint methods when solve(max_fused=None)

@@ -11,6 +11,7 @@ import warnings
 
 from ..backend import impl as _impl, ti
 
+from ..controllers import ConstantStep, PIController, StepController
 from ..errors import DiffsimError
 
 
@@ -54,6 +55,8 @@ class Solver:
     order = 1
     adaptive = False
     implicit = False
+    #: step-size controller (diffsim.controllers): fixed-step solvers take solve(dt=...)
+    controller = ConstantStep()
 
     def make_step(self, ode):
         raise NotImplementedError
@@ -153,19 +156,23 @@ def _need_second_order(ode, solver):
 
 
 class Dopri5(ExplicitRK):
-    """Dormand–Prince 5(4) with adaptive steps (the 5th-order solution is propagated).
+    """Dormand–Prince 5(4): the 5th-order solution is propagated, the embedded 4th-order
+    one gives the error estimate its step-size controller uses.
 
-    rtol, atol: per-component error tolerance atol + rtol·max(|y|, |y'|); the error norm
-    is the RMS over components, and a step is accepted when every batch member's norm is
-    ≤ 1 (the batch shares one step grid). Step control: h·clamp(0.9·err^(-1/5), 0.2, 10),
-    no growth right after a rejection; steps land exactly on save times and t1.
-    h0: first step (default: Hairer's starting-step heuristic); max_steps: attempts
-    (accepted + rejected) after which the solve fails with a SimulationError naming it.
+    ``Dopri5(controller=PIController(rtol, atol, ...))`` (the default controller: rtol
+    1e-6, atol 1e-9) picks its own steps: the error norm is the RMS over components of
+    err/(atol + rtol·max(|y|, |y'|)), a step is accepted when every batch member's norm
+    is ≤ 1 (the batch shares one step grid), steps land exactly on save times and t1;
+    see :class:`~diffsim.controllers.PIController` for the step rule, h0 and max_steps.
+    ``Dopri5(rtol=..., atol=..., h0=..., max_steps=...)`` is short for that controller
+    with those settings. ``Dopri5(controller=ConstantStep())`` takes fixed steps of
+    ``solve(dt=...)``.
     Gradients: "discrete" and "forward" differentiate the accepted steps with the step
-    sizes held fixed (as "fd" does); "adjoint" integrates the adjoint backwards with Dopri5 under the same rtol/atol,
-    starting from the accepted steps and splitting those whose error estimate fails.
+    sizes held fixed (as "fd" does); "adjoint" integrates the adjoint backwards with
+    Dopri5 under the same rtol/atol, starting from the accepted steps and splitting those
+    whose error estimate fails.
     """
-    name, order, adaptive = "dopri5", 5, True
+    name, order = "dopri5", 5
     c = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
     a = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
          [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
@@ -175,13 +182,36 @@ class Dopri5(ExplicitRK):
     #: b - b* (5th minus embedded 4th order weights): the local error estimate
     e = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
 
-    def __init__(self, rtol=1e-6, atol=1e-9, h0=None, max_steps=100_000):
-        if not (rtol > 0 and atol > 0):
-            raise DiffsimError(f"Dopri5 needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
-        self.rtol, self.atol, self.h0, self.max_steps = float(rtol), float(atol), h0, int(max_steps)
+    def __init__(self, rtol=None, atol=None, h0=None, max_steps=None, *, controller=None):
+        short = {k: v for k, v in dict(rtol=rtol, atol=atol, h0=h0, max_steps=max_steps).items()
+                 if v is not None}
+        if controller is None:
+            controller = PIController(**short)
+        elif short:
+            raise DiffsimError(f"Dopri5: give {', '.join(short)} to the controller "
+                               f"({controller!r}) or to Dopri5, not both")
+        elif not isinstance(controller, StepController):
+            raise DiffsimError(f"Dopri5: controller must be a step-size controller such as "
+                               f"PIController(rtol=1e-6) or ConstantStep(), got {controller!r}")
+        self.controller = controller
+
+    @property
+    def adaptive(self):
+        return self.controller.adaptive
+
+    # the PI controller's settings, read through the solver (the Dopri5(rtol=...) shorthand)
+    rtol = property(lambda self: self.controller.rtol)
+    atol = property(lambda self: self.controller.atol)
+    h0 = property(lambda self: self.controller.h0)
+    max_steps = property(lambda self: self.controller.max_steps)
 
     def __repr__(self):
-        return f"Dopri5(rtol={self.rtol}, atol={self.atol}, max_steps={self.max_steps})"
+        c = self.controller
+        if isinstance(c, PIController) and c == PIController(rtol=c.rtol, atol=c.atol,
+                                                             h0=c.h0, max_steps=c.max_steps):
+            h0 = "" if c.h0 is None else f", h0={c.h0}"
+            return f"Dopri5(rtol={c.rtol}, atol={c.atol}{h0}, max_steps={c.max_steps})"
+        return f"Dopri5(controller={c!r})"
 
 
 class BackwardEuler(Solver):

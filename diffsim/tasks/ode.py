@@ -15,12 +15,36 @@ from ..problem import Param, Parameters, Problem
 from ..task import Task
 from ..scene import REQUIRED, Key
 from .. import runtime
+from .. import controllers
 from ..ode import Adjoint, make_solver, solve
 from ..ode.solve import MAX_STEPS, solve_bytes
 from ..ode.data import read_csv
 from ..ode.systems import SYSTEMS
 
 DESCRIPTION = "user-style ODE systems: trajectory fitting and sensitivities"
+
+#: the scene's defaults for unset [controller] settings (tighter than the Python API's)
+CONTROLLER_DEFAULTS = dict(rtol=1e-8, atol=1e-10)
+
+
+def _MOVED(key):
+    return f"was moved; use controller.{key} (the [controller] section, next to controller.name)"
+
+
+def make_scene_solver(sc):
+    """The solver of a scene's [solve] section with the step-size controller of its
+    [controller] section (SceneError naming the key for a combination refused)."""
+    name = sc["solve"]["solver"]
+    own = make_solver(name).controller          # the solver's default controller
+    ctl = controllers.build_from_scene(
+        sc["controller"], own, lambda msg, key, value: sc.error(msg, key=key, value=value),
+        **CONTROLLER_DEFAULTS)
+    if ctl.adaptive and name != "dopri5":
+        raise sc.error(f"the {ctl.name!r} controller needs a solver with an embedded error "
+                       f"estimate (solve.solver = \"dopri5\"); solve.solver is {name!r}: use "
+                       "controller.name = \"constant\" (steps of solve.dt) or dopri5",
+                       key="controller.name", value=sc["controller"]["name"])
+    return make_solver(name, controller=ctl) if name == "dopri5" else make_solver(name)
 
 SCHEMA = {
     "system": {"name": Key("str", REQUIRED, "bundled system", choices=tuple(SYSTEMS))},
@@ -30,8 +54,9 @@ SCHEMA = {
         "solver": Key("str", "rk4", "integrator",
                       choices=("euler", "semi_implicit_euler", "leapfrog", "midpoint", "rk4",
                                "dopri5", "backward_euler")),
-        "rtol": Key("float", 1e-8, "dopri5 relative tolerance", lo=0.0, lo_open=True),
-        "atol": Key("float", 1e-10, "dopri5 absolute tolerance", lo=0.0, lo_open=True),
+        # moved to [controller] (step-size controllers are objects with one registry)
+        "rtol": Key("any", None, "moved: use controller.rtol", check=lambda v: _MOVED("rtol")),
+        "atol": Key("any", None, "moved: use controller.atol", check=lambda v: _MOVED("atol")),
         "adjoint": Key("str", "checkpointed", "continuous adjoint variant for --method adjoint",
                        choices=("checkpointed", "backsolve")),
         "t0": Key("float", 0.0, "start time"),
@@ -39,6 +64,8 @@ SCHEMA = {
         "dt": Key("float", 0.01, "time step", lo=0.0, lo_open=True),
         "y0": Key("floats", REQUIRED, "initial state"),
     },
+    # step-size controller (diffsim.controllers); a scene's defaults: rtol 1e-8, atol 1e-10
+    "controller": controllers.scene_schema(**CONTROLLER_DEFAULTS),
     "observe": {
         "count": Key("int", 101, "equally spaced observation times in [t0, t1]", lo=2),
         "noise": Key("float", 0.0, "std of Gaussian noise added to synthetic data", lo=0.0),
@@ -71,7 +98,8 @@ def check_scene(sc):
     if not s["t1"] > s["t0"]:
         raise sc.error("must be greater than solve.t0", key="solve.t1", value=s["t1"])
     n = (s["t1"] - s["t0"]) / s["dt"]
-    if s["solver"] != "dopri5":
+    adaptive = make_scene_solver(sc).adaptive
+    if not adaptive:
         # memory is bounded in the step count but grows with it (checkpoints): refuse an
         # enormous horizon here, before anything is allocated
         runtime.check_memory(
@@ -87,7 +115,7 @@ def check_scene(sc):
     # (n × (m + n)), value and gradient copies: refuse before any of it is allocated.
     runtime.check_memory(16.0 * J * (2 + 3 * ode.n + ode.n * (ode.m + ode.n)),
                          what=f"{J} observations", key="observe.count", value=J)
-    if s["solver"] != "dopri5" and (abs(n - round(n)) > 1e-6 or round(n) % (J - 1)):
+    if not adaptive and (abs(n - round(n)) > 1e-6 or round(n) % (J - 1)):
         raise sc.error(f"dt must divide [t0, t1] into a multiple of observe.count - 1 = "
                        f"{sc['observe']['count'] - 1} steps", key="solve.dt", value=s["dt"])
 
@@ -107,8 +135,7 @@ class ODEProblem(Task, Problem):
         self.name = sc.name
         self.ode = SYSTEMS[sc["system"]["name"]]
         s = sc["solve"]
-        kw = dict(rtol=s["rtol"], atol=s["atol"]) if s["solver"] == "dopri5" else {}
-        self.solver = make_solver(s["solver"], **kw)
+        self.solver = make_scene_solver(sc)
         self.adjoint = Adjoint(s["adjoint"])
         self.t_span, self.dt, self.y0 = (s["t0"], s["t1"]), s["dt"], np.array(s["y0"])
         opt = set(sc["optimize"]["params"])
@@ -143,7 +170,9 @@ class ODEProblem(Task, Problem):
         try:
             if self.solver.adaptive:
                 f = float(refine) ** 5
-                self.solver = make_solver("dopri5", rtol=self.solver.rtol / f, atol=self.solver.atol / f)
+                ctl = self.solver.controller
+                self.solver = make_solver("dopri5", controller=ctl.replace(rtol=ctl.rtol / f,
+                                                                           atol=ctl.atol / f))
             else:
                 self.dt = self.dt / refine
             return self._solve(x, gradient=method, data=self.data).grad_params[0]
