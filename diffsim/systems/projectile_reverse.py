@@ -48,16 +48,26 @@ from . import projectile as P
 
 #: integrators whose step adjoint is written here
 INTEGRATORS = ("symplectic_euler", "euler")
-#: cannons interleaved per group (see module docstring); measured in benchmarks/projectile.py
+#: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
+#: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
+#: steps, B = 16,384): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes, against a forward
+#: pass of ~200 ms; but the kernel's first compile grows with the lanes (no offline
+#: cache: ~0.9 / 1.3 / 3 s in 2D, 5.5 s for 4 lanes in 3D; Taichi's reverse ~1.5 s), so
+#: the small batches of tests and scenes keep 2.
 GROUP = 4
+GROUP_MIN_BATCH = 256
 #: most parallel slots (each owns a buffer of G × steps-per-segment × dims reals)
 MAX_SLOTS = 64
 
 
-def use(sim, on=True):
+def use(sim, on=True, *, group=None, slots=None):
     """Turn the hand-written reverse sweep of ``sim`` on (default) or off (Taichi's
-    autodiff then computes every gradient, as before this module existed)."""
+    autodiff then computes every gradient, as before this module existed). group, slots:
+    cannons interleaved per group and parallel slots (default: GROUP and MAX_SLOTS at
+    most); giving either rebuilds the kernel (tests, tuning)."""
     sim.__dict__["_hand_reverse_on"] = bool(on)
+    if on and (group or slots):
+        sim.__dict__["_hand_reverse"] = _Reverse(sim, group=group, slots=slots)
 
 
 def reason_not_used(sim):
@@ -98,32 +108,44 @@ def backward(sim):
     return {n: g[j] for j, n in enumerate(P.INPUTS)}
 
 
+# Per-lane scratch (lane[slot, j, ...]): what the cold parts of the kernel (objective,
+# landing step, launch; one dynamic loop over the group's lanes, compiled once) hand to
+# the hot time loops (unrolled over lanes) and back.
+L_LP, L_LV, L_PAR, L_LPAR, L_SEED, L_DIR, L_Q = 0, 3, 6, 10, 14, 17, 21
+N_LANE = 27
+# lanei[slot, j, ...]: last segment flown (-1: padding lane), landing step in it, landed
+I_LASTK, I_ILAND, I_LANDED = 0, 1, 2
+
+
 class _Reverse:
     """The buffer and the reverse kernel of one Projectile (they close over its fields)."""
 
     def __init__(self, sim, group=None, slots=None):
         B = sim.B
-        G = int(group or min(GROUP, B))
+        G = int(group or (GROUP if B >= GROUP_MIN_BATCH else min(2, B)))
         NG = -(-B // G)
         NS = 1 if sim.serial else int(slots or min(NG, MAX_SLOTS))
         C = 3 if sim.dims == 3 else 2
         NMAX = max(n for _, n in sim.segs)
         itemsize = np.dtype(sim.np_real).itemsize
-        runtime.check_memory(NS * NMAX * G * C * itemsize,
+        runtime.check_memory(NS * G * (NMAX * C + N_LANE) * itemsize,
                              what=f"the hand-written reverse sweep's buffer ({NS} × {NMAX} × {G * C})")
         self.G, self.NS = G, NS
         self.buf = ti.field(sim.real, (NS, NMAX, G * C))
+        self.lane = ti.field(sim.real, (NS, G, N_LANE))
+        self.lanei = ti.field(ti.i32, (NS, G, 3))
         self.seg = ti.field(ti.i32, (len(sim.segs), 2))
         self.seg.from_numpy(np.asarray(sim.segs, dtype=np.int32).reshape(-1, 2))
-        self.kernel = _compile(sim, self.buf, self.seg, G, NS, NG, C)
+        self.kernel = _compile(sim, self.buf, self.lane, self.lanei, self.seg, G, NS, NG, C)
 
 
-def _compile(sim, buf, seg, G, NS, NG, C):
+def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
     dims3 = sim.dims == 3
     symplectic = sim.integrator == "symplectic_euler"
     inp, out_f, S, alive, weight = sim.inp, sim.out, sim.state, sim.alive, sim.weight
     B, K, dt, serial = sim.B, len(sim.segs), sim.dt, sim.serial
     newton = P._NEWTON
+    tiny = 1e-300 if np.dtype(sim.np_real).itemsize == 8 else 1e-30
 
     @ti.func
     def impact(y0, y1, m0, m1):
@@ -161,105 +183,210 @@ def _compile(sim, buf, seg, G, NS, NG, C):
         return s, d
 
     @ti.func
-    def jt(rx, ry, rz, nx, ny, nz, k):
-        """(Jᵀν (3), |r|·(r·ν)) for the drag acceleration -k|r|r, J = ∂a/∂v."""
-        sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
-        rn = rx * nx + ry * ny + rz * nz
-        q = 0.0
-        if sp > 0.0:
-            q = rn / sp
-        return ti.Vector([-k * (sp * nx + rx * q), -k * (sp * ny + ry * q),
-                          -k * (sp * nz + rz * q), sp * rn])
-
-    @ti.func
-    def step(vx, vy, vz, g, k, wx, wz):
+    def end_velocity(vx, vy, vz, g, k, wx, wz):
         """End velocity of one step (the forward pass's integrate, same operations)."""
         rx, ry, rz = vx - wx, vy, vz - wz
         sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
         ax, ay, az = -k * sp * rx, -g - k * sp * ry, -k * sp * rz
         return ti.Vector([vx + dt * ax, vy + dt * ay, vz + dt * az])
 
+    @ti.func
+    def step_adjoint(vx, vy, vz, apx, apy, apz, avx, avy, avz, k, wx, wz):
+        """Adjoint of one step from start velocity v, given the adjoints Ap, Av of its end
+        position and velocity: (λv (3), dλ gravity, drag, wind_x, wind_z); λp = Ap."""
+        mx, my, mz = avx, avy, avz
+        if ti.static(symplectic):
+            mx, my, mz = avx + dt * apx, avy + dt * apy, avz + dt * apz
+        nx, ny, nz = dt * mx, dt * my, dt * mz
+        rx, ry, rz = vx - wx, vy, vz - wz
+        sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
+        rn = rx * nx + ry * ny + rz * nz
+        q = rn / ti.max(sp, tiny)      # r = 0 makes rn = 0: no 0/0
+        jx, jy, jz = -k * (sp * nx + rx * q), -k * (sp * ny + ry * q), -k * (sp * nz + rz * q)
+        lx, ly, lz = mx + jx, my + jy, mz + jz
+        if ti.static(not symplectic):
+            lx, ly, lz = lx + dt * apx, ly + dt * apy, lz + dt * apz
+        return ti.Vector([lx, ly, lz, -ny, -sp * rn, -jx, -jz])
+
+    @ti.func
+    def hermite_ds(x0, x1, m0, m1, s):
+        """d/ds of the cubic Hermite through (x0, m0) at s = 0 and (x1, m1) at s = 1."""
+        d3 = 2 * (x0 - x1) + m0 + m1
+        d2 = 3 * (x1 - x0) - 2 * m0 - m1
+        return (3 * d3 * s + 2 * d2) * s + m0
+
+    @ti.func
+    def seed_lane(slot, j, b, kind, sign):
+        """Objective adjoint of cannon b into lane j: land_x/z/t seeds, direct terms,
+        parameters, the last segment it flew in; a cannon still flying at the horizon
+        gets its seeds on the final position."""
+        for c in ti.static(range(N_LANE)):
+            lane[slot, j, c] = 0.0
+        lk = K - 1
+        for kk in range(K):
+            if alive[kk, b] == 1 and alive[kk + 1, b] == 0:
+                lk = kk
+        lanei[slot, j, I_LASTK] = lk
+        lanei[slot, j, I_LANDED] = 1 - alive[K, b]
+        lane[slot, j, L_PAR + 0] = inp[P.I_GRAVITY, b]
+        lane[slot, j, L_PAR + 1] = inp[P.I_DRAG, b]
+        lane[slot, j, L_PAR + 2] = inp[P.I_WIND_X, b]
+        if ti.static(dims3):
+            lane[slot, j, L_PAR + 3] = inp[P.I_WIND_Z, b]
+        cw = sign * weight[b]
+        lx, lz = out_f[P.O_LAND_X, b], out_f[P.O_LAND_Z, b]
+        sx, sz, st = 0.0, 0.0, 0.0
+        if kind == 0:
+            dx, dz = lx - inp[P.I_TARGET_X, b], lz - inp[P.I_TARGET_Z, b]
+            sx, sz = cw * dx, cw * dz
+            lane[slot, j, L_DIR + 2], lane[slot, j, L_DIR + 3] = -sx, -sz
+        elif kind == 1:
+            dx, dz = lx - inp[P.I_X0, b], lz - inp[P.I_Z0, b]
+            if ti.static(dims3):
+                r = ti.sqrt(dx * dx + dz * dz)
+                if r > 0.0:
+                    sx, sz = cw * dx / r, cw * dz / r
+            else:
+                sx = cw
+            lane[slot, j, L_DIR + 0], lane[slot, j, L_DIR + 1] = -sx, -sz
+        else:
+            st = cw
+        lane[slot, j, L_SEED + 0], lane[slot, j, L_SEED + 1], lane[slot, j, L_SEED + 2] = sx, sz, st
+        if alive[K, b] == 1:
+            # still flying at the horizon: land_x, land_z = its position there, land_t =
+            # steps·dt (a constant)
+            lane[slot, j, L_LP + 0] = sx
+            if ti.static(dims3):
+                lane[slot, j, L_LP + 2] = sz
+            else:
+                lane[slot, j, L_DIR + 1] += sz   # 2D: z stays z0 throughout
+
+    @ti.func
+    def landing_lane(slot, j):
+        """Adjoint of the landing step of lane j (start state saved by the recompute):
+        λ of its start position and velocity, and its parameter terms, into the lane."""
+        px, py, pz = lane[slot, j, L_Q + 0], lane[slot, j, L_Q + 1], lane[slot, j, L_Q + 2]
+        vx, vy, vz = lane[slot, j, L_Q + 3], lane[slot, j, L_Q + 4], lane[slot, j, L_Q + 5]
+        g, kd, wx, wz = (lane[slot, j, L_PAR + 0], lane[slot, j, L_PAR + 1],
+                         lane[slot, j, L_PAR + 2], lane[slot, j, L_PAR + 3])
+        nv = end_velocity(vx, vy, vz, g, kd, wx, wz)
+        e = ti.Vector([vx, vy, vz])
+        if ti.static(symplectic):
+            e = nv
+        nx, ny, nz = px + dt * e[0], py + dt * e[1], pz + dt * e[2]
+        s, ds = impact(py, ny, dt * vy, dt * nv[1])
+        s2 = s * s
+        h00, h01 = (2 * s - 3) * s2 + 1, (3 - 2 * s) * s2
+        h10, h11 = ((s - 2) * s + 1) * s, (s - 1) * s2
+        # land_x = H(px, nx, dt·vx, dt·nvx; s), land_z likewise (3D), land_t = (step + s)·dt
+        lix, liz = lane[slot, j, L_SEED + 0], 0.0
+        ls = dt * lane[slot, j, L_SEED + 2] + lix * hermite_ds(px, nx, dt * vx, dt * nv[0], s)
+        if ti.static(dims3):
+            liz = lane[slot, j, L_SEED + 1]
+            ls += liz * hermite_ds(pz, nz, dt * vz, dt * nv[2], s)
+        a = step_adjoint(vx, vy, vz, lix * h01, ls * ds[1], liz * h01,
+                         lix * h11 * dt, ls * ds[3] * dt, liz * h11 * dt, kd, wx, wz)
+        lane[slot, j, L_LP + 0] = lix * (h01 + h00)
+        lane[slot, j, L_LP + 1] = ls * (ds[1] + ds[0])
+        lane[slot, j, L_LP + 2] = liz * (h01 + h00)
+        lane[slot, j, L_LV + 0] = a[0] + lix * h10 * dt
+        lane[slot, j, L_LV + 1] = a[1] + ls * ds[2] * dt
+        lane[slot, j, L_LV + 2] = a[2] + liz * h10 * dt
+        for c in ti.static(range(4)):
+            lane[slot, j, L_LPAR + c] = a[3 + c]
+
+    @ti.func
+    def launch_lane(slot, j, b, gout: ti.template()):
+        """Adjoint of the launch (initial state from the inputs); every input's
+        derivative of cannon b into gout[:, b]."""
+        sp, el = inp[P.I_SPEED, b], inp[P.I_ANGLE, b]
+        az = 0.0
+        if ti.static(dims3):
+            az = inp[P.I_AZIMUTH, b]
+        ce, se, ca, sa = ti.cos(el), ti.sin(el), ti.cos(az), ti.sin(az)
+        lvx, lvy, lvz = lane[slot, j, L_LV + 0], lane[slot, j, L_LV + 1], lane[slot, j, L_LV + 2]
+        for r in ti.static(range(len(P.INPUTS))):
+            gout[r, b] = 0.0
+        gout[P.I_X0, b] = lane[slot, j, L_LP + 0] + lane[slot, j, L_DIR + 0]
+        gout[P.I_HEIGHT, b] = lane[slot, j, L_LP + 1]
+        gout[P.I_Z0, b] = lane[slot, j, L_LP + 2] + lane[slot, j, L_DIR + 1]
+        gout[P.I_SPEED, b] = lvx * ce * ca + lvy * se + lvz * ce * sa
+        gout[P.I_ANGLE, b] = sp * (-lvx * se * ca + lvy * ce - lvz * se * sa)
+        gout[P.I_GRAVITY, b] = lane[slot, j, L_LPAR + 0]
+        gout[P.I_DRAG, b] = lane[slot, j, L_LPAR + 1]
+        gout[P.I_WIND_X, b] = lane[slot, j, L_LPAR + 2]
+        if ti.static(dims3):
+            gout[P.I_AZIMUTH, b] = sp * ce * (-lvx * sa + lvz * ca)
+            gout[P.I_WIND_Z, b] = lane[slot, j, L_LPAR + 3]
+        gout[P.I_TARGET_X, b] = lane[slot, j, L_DIR + 2]
+        gout[P.I_TARGET_Z, b] = lane[slot, j, L_DIR + 3]
+
+    NP = 4 if dims3 else 3  # parameters with adjoints carried: gravity, drag, wind_x(, wind_z)
+
+    # Lanes and the lane fields. Taichi 1.7.4's cache_loop_invariant_global_vars pass
+    # (on by default) keeps a field element accessed at a loop-invariant index in a
+    # register inside the loop, and misses accesses to the same field at a run-time
+    # index there: a load at a constant lane index after a store at lane `jj` read the
+    # old value (docs/taichi-notes.md). So the lane fields are only ever accessed at the
+    # run-time index `jj`, and values move between them and the hot locals (constant
+    # lane indices) through `if jj == j` ladders.
     @ti.kernel
     def reverse(kind: ti.i32, sign: ti.f64, gout: ti.types.ndarray(dtype=ti.f64, ndim=2)):
         ti.loop_config(serialize=serial, block_dim=1)
         for slot in range(NS):
             for rnd in range((NG - 1 - slot) // NS + 1):
                 grp = slot + rnd * NS
-                # per-cannon locals of the group, one lane each (static indices only)
+                # hot per-lane locals (constant lane indices: registers)
                 lastk = ti.Vector([-1] * G)
-                Lp = ti.Matrix([[0.0] * 3] * G)   # adjoint of the position (row j = cannon j)
-                Lv = ti.Matrix([[0.0] * 3] * G)
-                Lpar = ti.Matrix([[0.0] * 4] * G)  # gravity, drag, wind_x, wind_z
-                Lland = ti.Matrix([[0.0] * 3] * G)  # seeds of land_x, land_z, land_t
-                Ldir = ti.Matrix([[0.0] * 4] * G)  # direct: x0, z0, target_x, target_z
+                landed = ti.Vector([0] * G)
                 par = ti.Matrix([[0.0] * 4] * G)
-                for j in ti.static(range(G)):
-                    b = grp * G + j
-                    if b < B:
-                        lk = K - 1
-                        for kk in range(K):
-                            if alive[kk, b] == 1 and alive[kk + 1, b] == 0:
-                                lk = kk
-                        lastk[j] = lk
-                        wz = 0.0
-                        if ti.static(dims3):
-                            wz = inp[P.I_WIND_Z, b]
-                        par[j, 0], par[j, 1], par[j, 2], par[j, 3] = (
-                            inp[P.I_GRAVITY, b], inp[P.I_DRAG, b], inp[P.I_WIND_X, b], wz)
-                        cw = sign * weight[b]
-                        lx, lz = out_f[P.O_LAND_X, b], out_f[P.O_LAND_Z, b]
-                        if kind == 0:
-                            dx, dz = lx - inp[P.I_TARGET_X, b], lz - inp[P.I_TARGET_Z, b]
-                            Lland[j, 0], Lland[j, 1] = cw * dx, cw * dz
-                            Ldir[j, 2], Ldir[j, 3] = -cw * dx, -cw * dz
-                        elif kind == 1:
-                            dx, dz = lx - inp[P.I_X0, b], lz - inp[P.I_Z0, b]
-                            if ti.static(dims3):
-                                r = ti.sqrt(dx * dx + dz * dz)
-                                if r > 0.0:
-                                    Lland[j, 0], Lland[j, 1] = cw * dx / r, cw * dz / r
-                            else:
-                                Lland[j, 0] = cw
-                            Ldir[j, 0], Ldir[j, 1] = -Lland[j, 0], -Lland[j, 1]
-                        else:
-                            Lland[j, 2] = cw
-                        if alive[K, b] == 1:
-                            # still flying at the horizon: land_x, land_z = its position
-                            # there, land_t = steps·dt (a constant)
-                            Lp[j, 0] = Lland[j, 0]
-                            if ti.static(dims3):
-                                Lp[j, 2] = Lland[j, 1]
-                            else:
-                                Ldir[j, 1] += Lland[j, 1]  # 2D: z stays z0 throughout
+                Lp = ti.Matrix([[0.0] * C] * G)
+                Lv = ti.Matrix([[0.0] * C] * G)
+                Lpar = ti.Matrix([[0.0] * NP] * G)
+                for jj in range(G):
+                    lanei[slot, jj, I_LASTK] = -1
+                    if grp * G + jj < B:
+                        seed_lane(slot, jj, grp * G + jj, kind, sign)
+                    for j in ti.static(range(G)):
+                        if jj == j:
+                            lastk[j] = lanei[slot, jj, I_LASTK]
+                            landed[j] = lanei[slot, jj, I_LANDED]
+                            for c in ti.static(range(4)):
+                                par[j, c] = lane[slot, jj, L_PAR + c]
+                            for c in ti.static(range(C)):
+                                Lp[j, c] = lane[slot, jj, L_LP + c]
                 for kk in range(K):
                     k = K - 1 - kk
                     n = seg[k, 1]
                     # -- recompute the segment from its checkpoint, velocities into buf --
                     live = ti.Vector([0] * G)
-                    ilast = ti.Vector([n - 1] * G)
-                    land = ti.Vector([0] * G)
-                    p = ti.Matrix([[0.0] * 3] * G)
-                    v = ti.Matrix([[0.0] * 3] * G)
+                    iland = ti.Vector([n] * G)
+                    p = ti.Matrix([[0.0] * C] * G)
+                    v = ti.Matrix([[0.0] * C] * G)
                     q = ti.Matrix([[0.0] * 6] * G)  # start state of the landing step
                     for j in ti.static(range(G)):
                         b = ti.min(grp * G + j, B - 1)
                         if k <= lastk[j]:
                             live[j] = 1
-                            p[j, 0], p[j, 1], p[j, 2] = S[0][k, b], S[1][k, b], S[2][k, b]
-                            v[j, 0], v[j, 1], v[j, 2] = S[3][k, b], S[4][k, b], S[5][k, b]
+                            for c in ti.static(range(C)):
+                                p[j, c] = S[c][k, b]
+                                v[j, c] = S[3 + c][k, b]
                     for i in range(n):
                         for j in ti.static(range(G)):
                             if live[j] == 1:
                                 for c in ti.static(range(C)):
                                     buf[slot, i, j * C + c] = v[j, c]
                                 vz = v[j, 2] if ti.static(dims3) else 0.0
-                                nv = step(v[j, 0], v[j, 1], vz, par[j, 0], par[j, 1],
-                                          par[j, 2], par[j, 3])
+                                wz = par[j, 3] if ti.static(dims3) else 0.0
+                                nv = end_velocity(v[j, 0], v[j, 1], vz, par[j, 0], par[j, 1],
+                                                  par[j, 2], wz)
                                 ny = p[j, 1] + dt * (nv[1] if ti.static(symplectic) else v[j, 1])
-                                if ny < 0.0:
-                                    ilast[j], land[j], live[j] = i, 1, 0
-                                    q[j, 0], q[j, 1], q[j, 2] = p[j, 0], p[j, 1], p[j, 2]
-                                    q[j, 3], q[j, 4], q[j, 5] = v[j, 0], v[j, 1], v[j, 2]
+                                if ny < 0.0:   # the landing step
+                                    live[j] = 0
+                                    iland[j] = i
+                                    for c in ti.static(range(C)):
+                                        q[j, c] = p[j, c]
+                                        q[j, 3 + c] = v[j, c]
                                 else:
                                     for c in ti.static(range(C)):
                                         if ti.static(symplectic):
@@ -267,85 +394,55 @@ def _compile(sim, buf, seg, G, NS, NG, C):
                                         else:
                                             p[j, c] = p[j, c] + dt * v[j, c]
                                         v[j, c] = nv[c]
-                    # -- the adjoint, backwards through the segment --
+                    # -- the landing step (cold: one lane loop, compiled once) --
+                    iend = ti.Vector([-1] * G)
+                    for jj in range(G):
+                        for j in ti.static(range(G)):
+                            if jj == j and k <= lastk[j]:
+                                iend[j] = n - 1
+                                if k == lastk[j] and landed[j] == 1:
+                                    iend[j] = iland[j] - 1
+                                    for c in ti.static(range(6)):
+                                        lane[slot, jj, L_Q + c] = q[j, c]
+                                    if ti.static(not dims3):   # 2D: z, vz as launched
+                                        b = grp * G + j
+                                        lane[slot, jj, L_Q + 2] = S[2][k, b]
+                                        lane[slot, jj, L_Q + 5] = S[5][k, b]
+                        if k == lanei[slot, jj, I_LASTK] and lanei[slot, jj, I_LANDED] == 1:
+                            landing_lane(slot, jj)
+                            for j in ti.static(range(G)):
+                                if jj == j:
+                                    for c in ti.static(range(C)):
+                                        Lp[j, c] = lane[slot, jj, L_LP + c]
+                                        Lv[j, c] = lane[slot, jj, L_LV + c]
+                                    for c in ti.static(range(NP)):
+                                        Lpar[j, c] = lane[slot, jj, L_LPAR + c]
+                    # -- the adjoint, backwards through the segment (λp is constant) --
                     for ii in range(n):
                         i = n - 1 - ii
                         for j in ti.static(range(G)):
-                            if k <= lastk[j] and i <= ilast[j]:
-                                vx, vy = buf[slot, i, j * C], buf[slot, i, j * C + 1]
-                                vz = buf[slot, i, j * C + 2] if ti.static(dims3) else 0.0
-                                g_, kd, wx, wz = par[j, 0], par[j, 1], par[j, 2], par[j, 3]
-                                # adjoint of the step's end position / velocity, and the
-                                # direct terms of an event on the start state
-                                Ap = ti.Vector([Lp[j, 0], Lp[j, 1], Lp[j, 2]])
-                                Av = ti.Vector([Lv[j, 0], Lv[j, 1], Lv[j, 2]])
-                                Dp = ti.Vector([0.0, 0.0, 0.0])
-                                Dv = ti.Vector([0.0, 0.0, 0.0])
-                                if land[j] == 1 and i == ilast[j]:
-                                    nv = step(vx, vy, vz, g_, kd, wx, wz)
-                                    e = ti.Vector([vx, vy, vz])
-                                    if ti.static(symplectic):
-                                        e = nv
-                                    npx, npy, npz = q[j, 0] + dt * e[0], q[j, 1] + dt * e[1], q[j, 2] + dt * e[2]
-                                    s, ds = impact(q[j, 1], npy, dt * vy, dt * nv[1])
-                                    s2 = s * s
-                                    h00, h01 = (2 * s - 3) * s2 + 1, (3 - 2 * s) * s2
-                                    h10, h11 = ((s - 2) * s + 1) * s, (s - 1) * s2
-                                    lix, liz = Lland[j, 0], 0.0
-                                    # dH/ds of x (and z): the landing point moves with s
-                                    hsx = ((3 * (2 * (q[j, 0] - npx) + dt * vx + dt * nv[0]) * s
-                                            + 2 * (3 * (npx - q[j, 0]) - 2 * dt * vx - dt * nv[0])) * s
-                                           + dt * vx)
-                                    ls = dt * Lland[j, 2] + lix * hsx
-                                    if ti.static(dims3):
-                                        liz = Lland[j, 1]
-                                        ls += liz * ((3 * (2 * (q[j, 2] - npz) + dt * vz + dt * nv[2]) * s
-                                                      + 2 * (3 * (npz - q[j, 2]) - 2 * dt * vz - dt * nv[2])) * s
-                                                     + dt * vz)
-                                    Ap = ti.Vector([lix * h01, ls * ds[1], liz * h01])
-                                    Av = ti.Vector([lix * h11 * dt, ls * ds[3] * dt, liz * h11 * dt])
-                                    Dp = ti.Vector([lix * h00, ls * ds[0], liz * h00])
-                                    Dv = ti.Vector([lix * h10 * dt, ls * ds[2] * dt, liz * h10 * dt])
-                                mu = Av
-                                if ti.static(symplectic):
-                                    mu = Av + dt * Ap
-                                nu = dt * Av
-                                if ti.static(symplectic):
-                                    nu = dt * mu
-                                jn = jt(vx - wx, vy, vz - wz, nu[0], nu[1], nu[2], kd)
-                                lv = mu + ti.Vector([jn[0], jn[1], jn[2]]) + Dv
-                                if ti.static(not symplectic):
-                                    lv += dt * Ap
-                                Lpar[j, 0] -= nu[1]
-                                Lpar[j, 1] -= jn[3]
-                                Lpar[j, 2] -= jn[0]
-                                Lpar[j, 3] -= jn[2]
-                                for c in ti.static(range(3)):
-                                    Lp[j, c] = Ap[c] + Dp[c]
-                                    Lv[j, c] = lv[c]
-                # -- the launch: initial state from the inputs, and the results --
-                for j in ti.static(range(G)):
-                    b = grp * G + j
-                    if b < B:
-                        sp, el = inp[P.I_SPEED, b], inp[P.I_ANGLE, b]
-                        az = 0.0
-                        if ti.static(dims3):
-                            az = inp[P.I_AZIMUTH, b]
-                        ce, se, ca, sa = ti.cos(el), ti.sin(el), ti.cos(az), ti.sin(az)
-                        for r in ti.static(range(len(P.INPUTS))):
-                            gout[r, b] = 0.0
-                        gout[P.I_X0, b] = Lp[j, 0] + Ldir[j, 0]
-                        gout[P.I_HEIGHT, b] = Lp[j, 1]
-                        gout[P.I_Z0, b] = Lp[j, 2] + Ldir[j, 1]
-                        gout[P.I_SPEED, b] = Lv[j, 0] * ce * ca + Lv[j, 1] * se + Lv[j, 2] * ce * sa
-                        gout[P.I_ANGLE, b] = sp * (-Lv[j, 0] * se * ca + Lv[j, 1] * ce - Lv[j, 2] * se * sa)
-                        if ti.static(dims3):
-                            gout[P.I_AZIMUTH, b] = sp * ce * (-Lv[j, 0] * sa + Lv[j, 2] * ca)
-                            gout[P.I_WIND_Z, b] = Lpar[j, 3]
-                        gout[P.I_GRAVITY, b] = Lpar[j, 0]
-                        gout[P.I_DRAG, b] = Lpar[j, 1]
-                        gout[P.I_WIND_X, b] = Lpar[j, 2]
-                        gout[P.I_TARGET_X, b] = Ldir[j, 2]
-                        gout[P.I_TARGET_Z, b] = Ldir[j, 3]
+                            if i <= iend[j]:
+                                vz, wz, apz, avz = 0.0, 0.0, 0.0, 0.0
+                                if ti.static(dims3):
+                                    vz, wz = buf[slot, i, j * C + 2], par[j, 3]
+                                    apz, avz = Lp[j, 2], Lv[j, 2]
+                                a = step_adjoint(buf[slot, i, j * C], buf[slot, i, j * C + 1], vz,
+                                                 Lp[j, 0], Lp[j, 1], apz, Lv[j, 0], Lv[j, 1], avz,
+                                                 par[j, 1], par[j, 2], wz)
+                                for c in ti.static(range(C)):
+                                    Lv[j, c] = a[c]
+                                for c in ti.static(range(NP)):
+                                    Lpar[j, c] += a[3 + c]
+                # -- the launch, and the results --
+                for jj in range(G):
+                    for j in ti.static(range(G)):
+                        if jj == j:
+                            for c in ti.static(range(C)):
+                                lane[slot, jj, L_LP + c] = Lp[j, c]
+                                lane[slot, jj, L_LV + c] = Lv[j, c]
+                            for c in ti.static(range(NP)):
+                                lane[slot, jj, L_LPAR + c] = Lpar[j, c]
+                    if grp * G + jj < B:
+                        launch_lane(slot, jj, grp * G + jj, gout)
 
     return reverse
