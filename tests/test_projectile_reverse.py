@@ -28,7 +28,8 @@ def sims():
     out = {}
     for dims, integ, serial, B in ((2, "symplectic_euler", False, 9),
                                    (3, "symplectic_euler", True, 7),
-                                   (3, "euler", True, 5)):
+                                   (3, "rk4", True, 5),
+                                   (2, "euler", True, 5)):
         sim = Projectile(B, steps=STEPS, dt=DT, dims=dims, integrator=integ, serial=serial)
         sim.set_inputs(**_inputs(B, dims))
         out[dims, integ] = sim
@@ -48,7 +49,10 @@ def _both(sim, objective, maximize=False):
     return (np.array([mine[n] for n in INPUTS]), np.array([ref[n] for n in INPUTS]))
 
 
-@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler"), (3, "euler")])
+@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler"),
+                                 # Taichi's reverse RK4 kernel alone compiles in ~5-9 s;
+                                 # test_equals_central_differences covers the same path
+                                 pytest.param((3, "rk4"), marks=pytest.mark.slow)])
 def test_equals_taichi_autodiff(sims, key):
     sim = sims[key]
     sim.forward("miss", strict=False)
@@ -80,7 +84,8 @@ def _terms(sim, objective):
     return o["land_t"]
 
 
-@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler")])
+@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler"), (3, "rk4"),
+                                 (2, "euler")])
 def test_equals_central_differences(sims, key):
     """Every input perturbed for all cannons at once (cannons are independent, so each
     cannon's term gives its own derivative), central differences in float64."""
@@ -102,11 +107,11 @@ def test_equals_central_differences(sims, key):
                                        err_msg=f"{key} d{objective}/d{name}")
 
 
-@pytest.mark.parametrize("group, slots", [(1, 1), (4, 2)])
+@pytest.mark.parametrize("group, slots", [(1, 1), (3, 2)])
 def test_group_and_slot_layouts_agree(sims, group, slots):
-    """Cannons interleaved per group and spread over slots (9 cannons in 4 lanes and 2
-    slots: two groups in one slot, the last group padded): the same numbers to round-off
-    as the default layout (2 lanes, 5 slots)."""
+    """Cannons interleaved per group and spread over slots (9 cannons in 3 lanes and 2
+    slots: two groups in one slot): the same numbers to round-off as the default layout
+    (2 lanes, 5 slots, the last group padded)."""
     sim = sims[2, "symplectic_euler"]
     sim.forward("miss", strict=False)
     ref = sim.backward()
@@ -141,9 +146,6 @@ def test_impact_fraction_derivative_of_a_deflated_first_step(sims):
 
 
 def test_falls_back_to_taichi_autodiff_where_not_covered():
-    rk4 = Projectile(2, steps=50, dt=0.01)
-    rk4.forward("range", strict=False)
-    assert "rk4" in R.reason_not_used(rk4) and R.backward(rk4) is None
     bouncy = Projectile(2, steps=200, dt=0.01, integrator="symplectic_euler", bounces=1)
     bouncy.set_inputs(speed=10.0, restitution=[0.5, 0.0])
     bouncy.forward("range", strict=False)

@@ -8,16 +8,15 @@ the last one the cannon flew in back to the first), it recomputes the segment fr
 checkpoint the forward pass stored (``Projectile.state[c][k, b]``), keeping the velocity at
 the start of every step in a small buffer, then runs the step's adjoint by hand backwards.
 
-Math (per cannon; symplectic Euler ``v' = v + dt·a(v)``, ``p' = p + dt·v'``; Euler
-``p' = p + dt·v``; ``a(v) = -g·ŷ - k·|r|·r``, ``r = v - w``). With adjoints Λp, Λv of the
-step's end state:
+Math (per cannon; ``a(v) = -g·ŷ - k·|r|·r``, ``r = v - w``; symplectic Euler
+``v' = v + dt·a(v)``, ``p' = p + dt·v'``). With adjoints Λp, Λv of the step's end state:
 
-    μ = Λv + dt·Λp (symplectic Euler) ;  ν = dt·μ   (Euler: ν = dt·Λv)
-    λp = Λp ;  λv = μ + Jᵀν  (Euler: Λv + dt·Λp + Jᵀν),  Jᵀν = -k·(|r|·ν + r·(r·ν)/|r|)
-    λg -= ν_y ;  λk -= |r|·(r·ν) ;  λw -= Jᵀν
+    μ = Λv + dt·Λp ;  ā = dt·μ ;  λp = Λp ;  λv = μ + Jᵀā,  Jᵀā = -k·(|r|·ā + r·(r·ā)/|r|)
+    λg -= ā_y ;  λk -= |r|·(r·ā) ;  λw -= Jᵀā
 
-The acceleration depends on the velocity only, so the buffer holds velocities alone. The
-landing step (the first whose end is below ground) maps its start and end states to the
+Euler and RK4 likewise (RK4: the four stages recomputed from v, then reversed; see
+step_adjoint). The acceleration depends on the velocity only, so the buffer holds
+velocities alone. The landing step (the first whose end is below ground) maps its start and end states to the
 landing point and time: x_land = H(x0, x1, dt·vx0, dt·vx1; s) (cubic Hermite), t_land =
 (step + s)·dt, with s the root of the Hermite cubic of y found by Newton in the forward
 pass. Its derivative is by the implicit function theorem, ds/dθ = -(∂y/∂θ)/(∂y/∂s) at the
@@ -31,13 +30,11 @@ independent chains side by side let the CPU overlap them. Groups are spread over
 slots (the parallel loop), each with its own buffer, so the buffer is
 NS × G × (steps per segment) × dims reals whatever the batch.
 
-Covered: integrators symplectic_euler and euler, 2D and 3D, objectives miss / range /
-flight_time, landings and cannons still flying at the horizon, any batch. Not covered,
-left to Taichi's autodiff (:func:`backward` returns None): rk4, and a forward pass in
+Covered: every integrator (symplectic_euler, euler, rk4), 2D and 3D, objectives miss /
+range / flight_time, landings and cannons still flying at the horizon, any batch. Not
+covered, left to Taichi's autodiff (:func:`backward` returns None): a forward pass in
 which any cannon bounced.
 """
-
-import math
 
 import numpy as np
 
@@ -47,7 +44,7 @@ from ..errors import DiffsimError
 from . import projectile as P
 
 #: integrators whose step adjoint is written here
-INTEGRATORS = ("symplectic_euler", "euler")
+INTEGRATORS = ("symplectic_euler", "euler", "rk4")
 #: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
 #: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
 #: steps, B = 16,384): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes, against a forward
@@ -141,7 +138,7 @@ class _Reverse:
 
 def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
     dims3 = sim.dims == 3
-    symplectic = sim.integrator == "symplectic_euler"
+    integ = sim.integrator
     inp, out_f, S, alive, weight = sim.inp, sim.out, sim.state, sim.alive, sim.weight
     B, K, dt, serial = sim.B, len(sim.segs), sim.dt, sim.serial
     newton = P._NEWTON
@@ -183,30 +180,99 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
         return s, d
 
     @ti.func
-    def end_velocity(vx, vy, vz, g, k, wx, wz):
-        """End velocity of one step (the forward pass's integrate, same operations)."""
+    def accel(vx, vy, vz, g, k, wx, wz):
+        """Gravity and quadratic drag relative to the wind (projectile.accel)."""
         rx, ry, rz = vx - wx, vy, vz - wz
         sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
-        ax, ay, az = -k * sp * rx, -g - k * sp * ry, -k * sp * rz
-        return ti.Vector([vx + dt * ax, vy + dt * ay, vz + dt * az])
+        return ti.Vector([-k * sp * rx, -g - k * sp * ry, -k * sp * rz])
 
     @ti.func
-    def step_adjoint(vx, vy, vz, apx, apy, apz, avx, avy, avz, k, wx, wz):
-        """Adjoint of one step from start velocity v, given the adjoints Ap, Av of its end
-        position and velocity: (λv (3), dλ gravity, drag, wind_x, wind_z); λp = Ap."""
-        mx, my, mz = avx, avy, avz
-        if ti.static(symplectic):
-            mx, my, mz = avx + dt * apx, avy + dt * apy, avz + dt * apz
-        nx, ny, nz = dt * mx, dt * my, dt * mz
-        rx, ry, rz = vx - wx, vy, vz - wz
+    def advance(vx, vy, vz, g, k, wx, wz):
+        """One step from velocity v: (position increment (3), end velocity (3)), with the
+        forward pass's operations (projectile.integrate), so the recomputed states and
+        the landing step are the forward pass's."""
+        out = ti.Vector.zero(float, 6)
+        if ti.static(integ == "symplectic_euler"):
+            a = accel(vx, vy, vz, g, k, wx, wz)
+            nvx, nvy, nvz = vx + dt * a[0], vy + dt * a[1], vz + dt * a[2]
+            out = ti.Vector([dt * nvx, dt * nvy, dt * nvz, nvx, nvy, nvz])
+        elif ti.static(integ == "euler"):
+            a = accel(vx, vy, vz, g, k, wx, wz)
+            out = ti.Vector([dt * vx, dt * vy, dt * vz,
+                             vx + dt * a[0], vy + dt * a[1], vz + dt * a[2]])
+        else:
+            a1 = accel(vx, vy, vz, g, k, wx, wz)
+            b2x, b2y, b2z = vx + 0.5 * dt * a1[0], vy + 0.5 * dt * a1[1], vz + 0.5 * dt * a1[2]
+            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
+            b3x, b3y, b3z = vx + 0.5 * dt * a2[0], vy + 0.5 * dt * a2[1], vz + 0.5 * dt * a2[2]
+            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
+            b4x, b4y, b4z = vx + dt * a3[0], vy + dt * a3[1], vz + dt * a3[2]
+            a4 = accel(b4x, b4y, b4z, g, k, wx, wz)
+            c = dt / 6.0
+            out = ti.Vector([
+                c * (vx + 2 * b2x + 2 * b3x + b4x),
+                c * (vy + 2 * b2y + 2 * b3y + b4y),
+                c * (vz + 2 * b2z + 2 * b3z + b4z),
+                vx + c * (a1[0] + 2 * a2[0] + 2 * a3[0] + a4[0]),
+                vy + c * (a1[1] + 2 * a2[1] + 2 * a3[1] + a4[1]),
+                vz + c * (a1[2] + 2 * a2[2] + 2 * a3[2] + a4[2])])
+        return out
+
+    @ti.func
+    def accel_adjoint(ux, uy, uz, ax, ay, az, k, wx, wz):
+        """(Jᵀā (3), |r|·(r·ā)) at velocity u, J = ∂a/∂u = -k·(|r|·I + r rᵀ/|r|),
+        r = u - w: the adjoint of u, and minus those of the wind and of the drag."""
+        rx, ry, rz = ux - wx, uy, uz - wz
         sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
-        rn = rx * nx + ry * ny + rz * nz
+        rn = rx * ax + ry * ay + rz * az
         q = rn / ti.max(sp, tiny)      # r = 0 makes rn = 0: no 0/0
-        jx, jy, jz = -k * (sp * nx + rx * q), -k * (sp * ny + ry * q), -k * (sp * nz + rz * q)
-        lx, ly, lz = mx + jx, my + jy, mz + jz
-        if ti.static(not symplectic):
-            lx, ly, lz = lx + dt * apx, ly + dt * apy, lz + dt * apz
-        return ti.Vector([lx, ly, lz, -ny, -sp * rn, -jx, -jz])
+        return ti.Vector([-k * (sp * ax + rx * q), -k * (sp * ay + ry * q),
+                          -k * (sp * az + rz * q), sp * rn])
+
+    @ti.func
+    def step_adjoint(vx, vy, vz, apx, apy, apz, avx, avy, avz, g, k, wx, wz):
+        """Adjoint of one step from start velocity v, given the adjoints Ap, Av of its end
+        position and velocity: (λv (3), then the step's terms of λ gravity, drag,
+        wind_x, wind_z); λp = Ap (the step is a translation in p)."""
+        out = ti.Vector.zero(float, 7)
+        if ti.static(integ == "rk4"):
+            a1 = accel(vx, vy, vz, g, k, wx, wz)
+            b2x, b2y, b2z = vx + 0.5 * dt * a1[0], vy + 0.5 * dt * a1[1], vz + 0.5 * dt * a1[2]
+            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
+            b3x, b3y, b3z = vx + 0.5 * dt * a2[0], vy + 0.5 * dt * a2[1], vz + 0.5 * dt * a2[2]
+            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
+            b4x, b4y, b4z = vx + dt * a3[0], vy + dt * a3[1], vz + dt * a3[2]
+            c = dt / 6.0
+            # p' = p + c(v + 2 b2 + 2 b3 + b4), v' = v + c(a1 + 2 a2 + 2 a3 + a4),
+            # b2 = v + dt/2 a1, b3 = v + dt/2 a2, b4 = v + dt a3, a_i = a(b_i): backwards
+            e4x, e4y, e4z = c * avx, c * avy, c * avz
+            j4 = accel_adjoint(b4x, b4y, b4z, e4x, e4y, e4z, k, wx, wz)
+            f4x, f4y, f4z = c * apx + j4[0], c * apy + j4[1], c * apz + j4[2]
+            e3x, e3y, e3z = 2 * c * avx + dt * f4x, 2 * c * avy + dt * f4y, 2 * c * avz + dt * f4z
+            j3 = accel_adjoint(b3x, b3y, b3z, e3x, e3y, e3z, k, wx, wz)
+            f3x, f3y, f3z = 2 * c * apx + j3[0], 2 * c * apy + j3[1], 2 * c * apz + j3[2]
+            e2x, e2y, e2z = (2 * c * avx + 0.5 * dt * f3x, 2 * c * avy + 0.5 * dt * f3y,
+                             2 * c * avz + 0.5 * dt * f3z)
+            j2 = accel_adjoint(b2x, b2y, b2z, e2x, e2y, e2z, k, wx, wz)
+            f2x, f2y, f2z = 2 * c * apx + j2[0], 2 * c * apy + j2[1], 2 * c * apz + j2[2]
+            e1x, e1y, e1z = c * avx + 0.5 * dt * f2x, c * avy + 0.5 * dt * f2y, c * avz + 0.5 * dt * f2z
+            j1 = accel_adjoint(vx, vy, vz, e1x, e1y, e1z, k, wx, wz)
+            out = ti.Vector([avx + c * apx + f4x + f3x + f2x + j1[0],
+                             avy + c * apy + f4y + f3y + f2y + j1[1],
+                             avz + c * apz + f4z + f3z + f2z + j1[2],
+                             -(e1y + e2y + e3y + e4y), -(j1[3] + j2[3] + j3[3] + j4[3]),
+                             -(j1[0] + j2[0] + j3[0] + j4[0]), -(j1[2] + j2[2] + j3[2] + j4[2])])
+        else:
+            mx, my, mz = avx, avy, avz
+            if ti.static(integ == "symplectic_euler"):   # v' = v + dt a(v), p' = p + dt v'
+                mx, my, mz = avx + dt * apx, avy + dt * apy, avz + dt * apz
+            ex, ey, ez = dt * mx, dt * my, dt * mz
+            jv = accel_adjoint(vx, vy, vz, ex, ey, ez, k, wx, wz)
+            lx, ly, lz = mx + jv[0], my + jv[1], mz + jv[2]
+            if ti.static(integ == "euler"):              # p' = p + dt v
+                lx, ly, lz = lx + dt * apx, ly + dt * apy, lz + dt * apz
+            out = ti.Vector([lx, ly, lz, -ey, -jv[3], -jv[0], -jv[2]])
+        return out
 
     @ti.func
     def hermite_ds(x0, x1, m0, m1, s):
@@ -269,11 +335,9 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
         vx, vy, vz = lane[slot, j, L_Q + 3], lane[slot, j, L_Q + 4], lane[slot, j, L_Q + 5]
         g, kd, wx, wz = (lane[slot, j, L_PAR + 0], lane[slot, j, L_PAR + 1],
                          lane[slot, j, L_PAR + 2], lane[slot, j, L_PAR + 3])
-        nv = end_velocity(vx, vy, vz, g, kd, wx, wz)
-        e = ti.Vector([vx, vy, vz])
-        if ti.static(symplectic):
-            e = nv
-        nx, ny, nz = px + dt * e[0], py + dt * e[1], pz + dt * e[2]
+        st = advance(vx, vy, vz, g, kd, wx, wz)
+        nv = ti.Vector([st[3], st[4], st[5]])
+        nx, ny, nz = px + st[0], py + st[1], pz + st[2]
         s, ds = impact(py, ny, dt * vy, dt * nv[1])
         s2 = s * s
         h00, h01 = (2 * s - 3) * s2 + 1, (3 - 2 * s) * s2
@@ -285,7 +349,7 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
             liz = lane[slot, j, L_SEED + 1]
             ls += liz * hermite_ds(pz, nz, dt * vz, dt * nv[2], s)
         a = step_adjoint(vx, vy, vz, lix * h01, ls * ds[1], liz * h01,
-                         lix * h11 * dt, ls * ds[3] * dt, liz * h11 * dt, kd, wx, wz)
+                         lix * h11 * dt, ls * ds[3] * dt, liz * h11 * dt, g, kd, wx, wz)
         lane[slot, j, L_LP + 0] = lix * (h01 + h00)
         lane[slot, j, L_LP + 1] = ls * (ds[1] + ds[0])
         lane[slot, j, L_LP + 2] = liz * (h01 + h00)
@@ -378,9 +442,9 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
                                     buf[slot, i, j * C + c] = v[j, c]
                                 vz = v[j, 2] if ti.static(dims3) else 0.0
                                 wz = par[j, 3] if ti.static(dims3) else 0.0
-                                nv = end_velocity(v[j, 0], v[j, 1], vz, par[j, 0], par[j, 1],
-                                                  par[j, 2], wz)
-                                ny = p[j, 1] + dt * (nv[1] if ti.static(symplectic) else v[j, 1])
+                                st = advance(v[j, 0], v[j, 1], vz, par[j, 0], par[j, 1],
+                                             par[j, 2], wz)
+                                ny = p[j, 1] + st[1]
                                 if ny < 0.0:   # the landing step
                                     live[j] = 0
                                     iland[j] = i
@@ -389,11 +453,8 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
                                         q[j, 3 + c] = v[j, c]
                                 else:
                                     for c in ti.static(range(C)):
-                                        if ti.static(symplectic):
-                                            p[j, c] = p[j, c] + dt * nv[c]
-                                        else:
-                                            p[j, c] = p[j, c] + dt * v[j, c]
-                                        v[j, c] = nv[c]
+                                        p[j, c] = p[j, c] + st[c]
+                                        v[j, c] = st[3 + c]
                     # -- the landing step (cold: one lane loop, compiled once) --
                     iend = ti.Vector([-1] * G)
                     for jj in range(G):
@@ -428,7 +489,7 @@ def _compile(sim, buf, lane, lanei, seg, G, NS, NG, C):
                                     apz, avz = Lp[j, 2], Lv[j, 2]
                                 a = step_adjoint(buf[slot, i, j * C], buf[slot, i, j * C + 1], vz,
                                                  Lp[j, 0], Lp[j, 1], apz, Lv[j, 0], Lv[j, 1], avz,
-                                                 par[j, 1], par[j, 2], wz)
+                                                 par[j, 0], par[j, 1], par[j, 2], wz)
                                 for c in ti.static(range(C)):
                                     Lv[j, c] = a[c]
                                 for c in ti.static(range(NP)):
