@@ -209,7 +209,9 @@ def test_backward_starts_from_clean_gradients_after_any_sequence():
 
 
 def test_an_interrupted_backward_does_not_leak_into_the_next():
+    from diffsim.systems import projectile_reverse
     sim = Projectile(2, steps=800, dt=0.01, integrator="rk4")
+    projectile_reverse.use(sim, False)      # Taichi's autodiff: the path with launches to interrupt
     sim.set_inputs(speed=[30.0, 35.0], angle=[0.6, 0.8], drag=0.001, gravity=9.81, target_x=90.0)
     sim.forward("miss")
     want = sim.backward()["angle"].copy()
