@@ -145,7 +145,7 @@ def test_impact_fraction_derivative_of_a_deflated_first_step(sims):
         sim.set_inputs(**a)
 
 
-def test_falls_back_to_taichi_autodiff_where_not_covered():
+def test_falls_back_to_taichi_autodiff_where_not_covered(monkeypatch):
     bouncy = Projectile(2, steps=200, dt=0.01, integrator="symplectic_euler", bounces=1)
     bouncy.set_inputs(speed=10.0, restitution=[0.5, 0.0])
     bouncy.forward("range", strict=False)
@@ -153,6 +153,10 @@ def test_falls_back_to_taichi_autodiff_where_not_covered():
     assert "bounced" in R.reason_not_used(bouncy) and R.backward(bouncy) is None
     bouncy.set_inputs(restitution=0.0)   # the same kernel, no bounce made: covered
     bouncy.forward("range", strict=False)
+    monkeypatch.setenv("DIFFSIM_MAX_BYTES", "1000")   # the buffer is over the memory limit
+    assert R.backward(bouncy) is None and "too large" in R.reason_not_used(bouncy)
+    monkeypatch.delenv("DIFFSIM_MAX_BYTES")
+    R.use(bouncy, True, group=2)
     assert R.reason_not_used(bouncy) is None and R.backward(bouncy) is not None
     R.use(bouncy, False)
     assert "turned off" in R.reason_not_used(bouncy) and R.backward(bouncy) is None
