@@ -53,10 +53,11 @@ from . import projectile as P
 INTEGRATORS = ("symplectic_euler", "euler", "rk4")
 #: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
 #: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
-#: steps, B = 16,384): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes, against a forward
-#: pass of ~200 ms; but the kernel's first compile grows with the lanes (no offline
-#: cache: ~0.9 / 1.3 / 3 s in 2D, 5.5 s for 4 lanes in 3D; Taichi's reverse ~1.5 s), so
-#: the small batches of tests and scenes keep 2.
+#: steps, symplectic Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
+#: (forward ~130-200 ms), 13 / 6 ms for 2 / 4 lanes at B = 1,024 (forward ~8 ms); but
+#: the kernel's first compile grows with the lanes (empty offline cache, 2D: 1.2 / 2.1 /
+#: 4.9 s for 1 / 2 / 4 lanes, 3D 4 lanes 7.3 s; Taichi's reverse kernel 0.7-1 s), so the
+#: small batches of tests and scenes keep 2.
 GROUP = 4
 GROUP_MIN_BATCH = 256
 #: most parallel slots (each owns a buffer of G × steps-per-segment × dims reals)
@@ -451,59 +452,58 @@ def _compile(sim, rev, G, NS, NG, C):
         Ap = ti.Vector([0.0, 0.0, 0.0])
         Av = ti.Vector([0.0, 0.0, 0.0])
         dpar = ti.Vector([0.0, 0.0, 0.0, 0.0])
-        lix, liz, ls = 0.0, 0.0, 0.0
-        if evt[slot, j, m, E_BOUNCE] == 0.0:
-            # the landing: land_x = H_x(s), land_z = H_z(s) (3D), land_t = (step + s)·dt
-            lix, ls = lane[slot, j, L_SEED + 0], dt * lane[slot, j, L_SEED + 2]
-            if ti.static(dims3):
-                liz = lane[slot, j, L_SEED + 1]
-        else:
-            e = inp[P.I_RESTITUTION, b]
-            # the impact point and velocity, then the rest of the step from there
-            ix, iz = hx[0], pz
-            ivx, ivy, ivz = vx + s * (nvx - vx), vy + s * (nvy - vy), vz + s * (nvz - vz)
-            if ti.static(integ == "rk4"):
-                ivx, ivy = hx[1] / dt, hy[1] / dt
-            if ti.static(dims3):
-                iz = hz[0]
+        # the landing: land_x = H_x(s), land_z = H_z(s) (3D), land_t = (step + s)·dt
+        lix, ls = lane[slot, j, L_SEED + 0], dt * lane[slot, j, L_SEED + 2]
+        liz = lane[slot, j, L_SEED + 1] if ti.static(dims3) else 0.0
+        # (bounces = 0: no bounce code at all, a third of the compile time)
+        if ti.static(max_bounce > 0):
+            if evt[slot, j, m, E_BOUNCE] != 0.0:
+                e = inp[P.I_RESTITUTION, b]
+                # the impact point and velocity, then the rest of the step from there
+                ix, iz = hx[0], pz
+                ivx, ivy, ivz = vx + s * (nvx - vx), vy + s * (nvy - vy), vz + s * (nvz - vz)
                 if ti.static(integ == "rk4"):
-                    ivz = hz[1] / dt
-            r = (1.0 - s) * dt
-            q2 = advance(ivx, -e * ivy, ivz, g, kd, wx, wz, r)
-            lpx, lpy, lpz = lane[slot, j, L_LP + 0], lane[slot, j, L_LP + 1], lane[slot, j, L_LP + 2]
-            lvx, lvy, lvz = lane[slot, j, L_LV + 0], lane[slot, j, L_LV + 1], lane[slot, j, L_LV + 2]
-            if not (0.0 + q2[1] > 0.0):
-                lpy = 0.0            # y = max(q2_y, 0) clamped: no gradient (as autodiff)
-            if ti.static(not dims3):
-                lpz, lvz = 0.0, 0.0
-            a = step_adjoint(ivx, -e * ivy, ivz, lpx, lpy, lpz, lvx, lvy, lvz, g, kd, wx, wz, r)
-            tq = step_dh(ivx, -e * ivy, ivz, g, kd, wx, wz, r)
-            lr = lpx * tq[0] + lpy * tq[1] + lpz * tq[2] + lvx * tq[3] + lvy * tq[4] + lvz * tq[5]
-            ls = -dt * lr
-            for c in ti.static(range(4)):
-                dpar[c] = a[3 + c]
-            lix = lpx
-            if ti.static(dims3):
-                liz = lpz
-            liv = ti.Vector([a[0], -e * a[1], a[2]])
-            lane[slot, j, L_E] += -ivy * a[1]
-            # impact velocity: a linear blend of the step's end velocities (Euler
-            # methods), the Hermite cubic's derivative / dt (RK4)
-            for c in ti.static(range(3)):
-                if ti.static(c < 2 or dims3):
-                    v0 = ti.Vector([vx, vy, vz])[c]
-                    v1 = ti.Vector([nvx, nvy, nvz])[c]
-                    hc = ti.Vector([hx[2], hy[2], hz[2]])[c]
+                    ivx, ivy = hx[1] / dt, hy[1] / dt
+                if ti.static(dims3):
+                    iz = hz[0]
                     if ti.static(integ == "rk4"):
-                        Dp[c] += (6 * s2 - 6 * s) / dt * liv[c]
-                        Ap[c] += (6 * s - 6 * s2) / dt * liv[c]
-                        Dv[c] += (3 * s2 - 4 * s + 1) * liv[c]
-                        Av[c] += (3 * s2 - 2 * s) * liv[c]
-                        ls += hc / dt * liv[c]
-                    else:
-                        Dv[c] += (1.0 - s) * liv[c]
-                        Av[c] += s * liv[c]
-                        ls += (v1 - v0) * liv[c]
+                        ivz = hz[1] / dt
+                r = (1.0 - s) * dt
+                q2 = advance(ivx, -e * ivy, ivz, g, kd, wx, wz, r)
+                lpx, lpy, lpz = lane[slot, j, L_LP + 0], lane[slot, j, L_LP + 1], lane[slot, j, L_LP + 2]
+                lvx, lvy, lvz = lane[slot, j, L_LV + 0], lane[slot, j, L_LV + 1], lane[slot, j, L_LV + 2]
+                if not (0.0 + q2[1] > 0.0):
+                    lpy = 0.0            # y = max(q2_y, 0) clamped: no gradient (as autodiff)
+                if ti.static(not dims3):
+                    lpz, lvz = 0.0, 0.0
+                a = step_adjoint(ivx, -e * ivy, ivz, lpx, lpy, lpz, lvx, lvy, lvz, g, kd, wx, wz, r)
+                tq = step_dh(ivx, -e * ivy, ivz, g, kd, wx, wz, r)
+                lr = lpx * tq[0] + lpy * tq[1] + lpz * tq[2] + lvx * tq[3] + lvy * tq[4] + lvz * tq[5]
+                ls = -dt * lr
+                for c in ti.static(range(4)):
+                    dpar[c] = a[3 + c]
+                lix = lpx
+                if ti.static(dims3):
+                    liz = lpz
+                liv = ti.Vector([a[0], -e * a[1], a[2]])
+                lane[slot, j, L_E] += -ivy * a[1]
+                # impact velocity: a linear blend of the step's end velocities (Euler
+                # methods), the Hermite cubic's derivative / dt (RK4)
+                for c in ti.static(range(3)):
+                    if ti.static(c < 2 or dims3):
+                        v0 = ti.Vector([vx, vy, vz])[c]
+                        v1 = ti.Vector([nvx, nvy, nvz])[c]
+                        hc = ti.Vector([hx[2], hy[2], hz[2]])[c]
+                        if ti.static(integ == "rk4"):
+                            Dp[c] += (6 * s2 - 6 * s) / dt * liv[c]
+                            Ap[c] += (6 * s - 6 * s2) / dt * liv[c]
+                            Dv[c] += (3 * s2 - 4 * s + 1) * liv[c]
+                            Av[c] += (3 * s2 - 2 * s) * liv[c]
+                            ls += hc / dt * liv[c]
+                        else:
+                            Dv[c] += (1.0 - s) * liv[c]
+                            Av[c] += s * liv[c]
+                            ls += (v1 - v0) * liv[c]
         # the impact point: H_x(s) (and H_z(s) in 3D)
         Dp[0] += h00 * lix
         Ap[0] += h01 * lix
