@@ -675,6 +675,11 @@ class Projectile(runtime.RuntimeBound):
                 "Quadrants 1.3.3 differentiates the bounce wrongly (measured 0.1-17 % off "
                 "central differences, depending on where the impacts fall; taichi-notes 33). "
                 "Run with --backend taichi (or DIFFSIM_BACKEND=taichi), or set restitution = 0")
+        # the hand-written adjoint where it applies (None: Taichi's autodiff below)
+        from . import projectile_reverse
+        g = projectile_reverse.backward(self)
+        if g is not None:
+            return g
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
         # backward() leave them so (take_grad), which saves a clearing launch per call; the
         # tape clears first after a backward that did not complete (Ctrl-C, an error).
