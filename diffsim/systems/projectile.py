@@ -17,8 +17,10 @@ and flight time are differentiable in every parameter. A bounce reflects the ver
 impact velocity with restitution e > 0 and spends the rest of the step moving away from
 the ground (with RK4 the impact velocity is the Hermite cubic's derivative, third order).
 An impact with e = 0, or after ``bounces`` bounces, is the *landing*: the cannon stops
-and its landing point and time are the outputs. Derivatives are by Taichi's reverse-mode
-AD of these kernels.
+and its landing point and time are the outputs. Reverse-mode derivatives come from a
+hand-written adjoint of these kernels (:mod:`.projectile_reverse`: impacts by the implicit
+function theorem; equal to Taichi's reverse-mode AD, the fallback, to ~1e-13); forward
+mode is Taichi's, of the same kernels.
 
 Trust. ``forward`` refuses (SimulationError) a cannon still flying at the horizon
 ``steps·dt`` and a landing resolved by fewer than MIN_STEPS_PER_ARC steps per arc, unless
