@@ -671,17 +671,18 @@ class Projectile(runtime.RuntimeBound):
         forward pass ran or the inputs changed since (set_inputs, trace)."""
         self._check_runtime()
         self._tape.check_reverse()
-        if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
-            raise DiffsimError(
-                "gradients through a bounce are not available on the quadrants backend: "
-                "Quadrants 1.3.3 differentiates the bounce wrongly (measured 0.1-17 % off "
-                "central differences, depending on where the impacts fall; taichi-notes 33). "
-                "Run with --backend taichi (or DIFFSIM_BACKEND=taichi), or set restitution = 0")
-        # the hand-written adjoint where it applies (None: Taichi's autodiff below)
+        # the hand-written adjoint where it applies (None: the backend's autodiff below)
         from . import projectile_reverse
         g = projectile_reverse.backward(self)
         if g is not None:
             return g
+        if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
+            raise DiffsimError(
+                "gradients through a bounce need the hand-written adjoint on the quadrants "
+                f"backend ({projectile_reverse.reason_not_used(self)}): Quadrants 1.3.3's "
+                "autodiff differentiates the bounce wrongly (measured 0.1-17 % off central "
+                "differences; taichi-notes 33). Run with --backend taichi (or "
+                "DIFFSIM_BACKEND=taichi), or set restitution = 0")
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
         # backward() leave them so (take_grad), which saves a clearing launch per call; the
         # tape clears first after a backward that did not complete (Ctrl-C, an error).
