@@ -35,6 +35,20 @@ def _numbers(line):
     return [float(v) for v in re.findall(r"[-+]?\d+\.?\d*(?:e[-+]?\d+)?", line)]
 
 
+def test_cannon_network_example_runs_with_few_iterations(tmp_path):
+    # the whole script (training through the torch layer, refinement, plot) at a reduced
+    # size; the README's numbers need the full 300 iterations: the slow test below
+    r = _run([sys.executable, str(ROOT / "examples" / "cannon_network.py"), "--iterations", "5",
+              "--held-out", "2", "--out", str(tmp_path)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained 5 iterations" in r.stdout, r.stdout
+    line = next(l for l in r.stdout.splitlines() if l.startswith("held-out mean miss"))
+    untrained, trained, refined = _numbers(line)
+    assert trained < untrained and refined < 1e-2, line
+    assert (tmp_path / "miss.png").stat().st_size > 1000
+
+
+@pytest.mark.slow    # ~30 s; the reduced run above and test_aim_network.py cover the same paths
 def test_cannon_network_example_prints_the_readme_numbers(tmp_path):
     # README: "It prints the mean held-out miss: 38.3 m untrained, 1.79 m trained, 2.42e-04 m refined."
     claim = re.search(r"held-out miss: ([^\n]+ refined)", README).group(1)
