@@ -17,6 +17,14 @@ def _run(args, cwd, timeout=600):
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def test_every_example_is_covered():
+    # each script in examples/ runs in the default suite at a reduced size: cannon_network
+    # and ode_make_data below, convergence in test_newton.py; a new one needs a test
+    scripts = {p.name for p in (ROOT / "examples").glob("*.py")}
+    assert scripts <= {"cannon_network.py", "ode_make_data.py", "convergence.py"}, \
+        f"new example script(s) {scripts} need a reduced-size run in the tests"
+
+
 @pytest.mark.parametrize("i", range(len(SNIPPETS)))
 def test_readme_python_snippet_runs_and_prints(i, tmp_path):
     # Each snippet is a complete program; an "# prints: TEXT" comment names what it must print.
