@@ -121,8 +121,9 @@ def test_gradient_tests_pass_on_quadrants():
     if os.environ.get("DIFFSIM_BACKEND") == "quadrants":
         pytest.fail("run this from a Taichi session; it starts the Quadrants one itself")
     files = sorted({e.split("::")[0] for e in __import__("conftest").GRADIENT_TESTS})
+    # -n 0: in-process (pyproject's addopts would start workers inside this xdist worker)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gradient", "-p",
-                          "no:cacheprovider", *files], cwd=ROOT / "tests", capture_output=True,
+                          "no:cacheprovider", "-n", "0", *files], cwd=ROOT / "tests", capture_output=True,
                          text=True, timeout=900, env=_env(DIFFSIM_BACKEND="quadrants"))
     tail = out.stdout[-3000:] + out.stderr[-1000:]
     assert out.returncode == 0, tail

@@ -139,8 +139,7 @@ def test_adjoint_gap_falls_with_the_step_as_rk4():
     assert gaps[0] / gaps[1] > 10            # 16 for a 4th-order gap
 
 
-@pytest.mark.slow
-def test_adjoint_within_its_error_estimate():
+def test_adjoint_within_its_error_estimate():    # ~2 s; the only test of this estimate
     pb, x = _random_problem("pendulum_swingup", knots=4, substeps=5)
     ga = pb.value_and_grad(x, "adjoint")[1]
     gd = pb.value_and_grad(x, "discrete")[1]

@@ -222,9 +222,16 @@ def test_killed_worker_and_restart_lose_no_point(client, tmp_path):
     def finished():
         return len(journal.read_text().splitlines()) - 1 if journal.exists() else 0
 
-    def wait_for(n):
+    def worked(addr):
+        lines = journal.read_text().splitlines()[1:] if journal.exists() else []
+        return any(json.loads(r).get("worker") == addr for r in lines if r.endswith("}"))
+
+    def wait_for(n, worker=None):
+        # worker: also wait until that worker has finished a point (on a loaded machine
+        # one restarted worker may compile its kernels later and the other take them all)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 60 and th.is_alive() and finished() < n:
+        while time.monotonic() - t0 < 60 and th.is_alive() and (
+                finished() < n or (worker is not None and not worked(worker))):
             time.sleep(0.005)
         assert th.is_alive(), res.get("error") or "the sweep ended before the disruption"
         return finished()
@@ -235,7 +242,7 @@ def test_killed_worker_and_restart_lose_no_point(client, tmp_path):
     client.restart()                          # cancels every pending task
     pids = client.run(os.getpid)
     victim_addr, victim = next(iter(pids.items()))
-    at_kill = wait_for(at_restart + 10)       # the restarted workers work again
+    at_kill = wait_for(at_restart + 10, victim_addr)   # the restarted workers work again
     os.kill(victim, signal.SIGKILL)
     th.join(120)
     assert not th.is_alive() and "error" not in res, res.get("error")
