@@ -230,3 +230,27 @@ def test_an_interrupted_backward_does_not_leak_into_the_next():
         sim.backward()
     sim._k["launch"] = launch
     np.testing.assert_array_equal(sim.backward()["angle"], want)
+
+
+@pytest.mark.parametrize("objective", ["miss", "range", "flight_time"])
+def test_per_cannon_terms_from_the_kernel(objective):
+    """terms(): each cannon's weighted, signed objective term as the kernel summed it,
+    from the forward pass's last launch and from a tangent sweep's, against the formula
+    applied to the outputs."""
+    sim = Projectile(3, steps=400, dt=0.01, dims=3)
+    sim.set_inputs(speed=[10.0, 14.0, 18.0], angle=[0.3, 0.6, 0.9], azimuth=0.2,
+                   target_x=12.0, target_z=1.0)
+    sim.weight.from_numpy(np.array([1.0, 0.5, 2.0]))
+    with pytest.raises(DiffsimError, match="forward"):
+        sim.terms()
+    total = sim.forward(objective, maximize=True)
+    o, i = sim.outputs(), sim.get_inputs()
+    dx, dz = o["land_x"] - i["target_x"], o["land_z"] - i["target_z"]
+    val = {"miss": 0.5 * (dx * dx + dz * dz),
+           "range": np.hypot(o["land_x"] - i["x0"], o["land_z"] - i["z0"]),
+           "flight_time": o["land_t"]}[objective]
+    want = -np.array([1.0, 0.5, 2.0]) * val
+    np.testing.assert_allclose(sim.terms(), want, rtol=1e-13)
+    assert sim.terms().sum() == pytest.approx(total, rel=1e-13)
+    sim.forward_tangent(["angle"], objective, maximize=True)
+    np.testing.assert_allclose(sim.terms(), want, rtol=1e-13)

@@ -62,7 +62,7 @@ OBJECTIVES = ("miss", "range", "flight_time")
 O_LAND_X, O_LAND_Z, O_LAND_T = range(len(OUTPUTS))
 # Rows after the outputs in the host buffer a forward pass fills (Projectile._res):
 # alive at the horizon, bounces made, and the loss (in column 0).
-R_ALIVE, R_BOUNCES, R_LOSS = range(len(OUTPUTS), len(OUTPUTS) + 3)
+R_ALIVE, R_BOUNCES, R_LOSS, R_TERM = range(len(OUTPUTS), len(OUTPUTS) + 4)
 _NEWTON = 4  # 6 made the RK4 reverse kernel segfault (autodiff stack on the native stack)
 #: A landing reached in fewer steps per arc than this is refused by ``forward(strict=True)``:
 #: the event and the integrator are then too coarse for a trustworthy answer.
@@ -139,7 +139,7 @@ class Projectile(runtime.RuntimeBound):
         # Host copies: the inputs as last set (set_inputs is the only writer of inp), and
         # buffers that one kernel launch fills (ndarray arguments, no separate copy launch).
         self._inp_np = np.zeros((len(INPUTS), B))
-        self._res = np.zeros((R_LOSS + 1, B), dtype=np.float64)
+        self._res = np.zeros((R_TERM + 1, B), dtype=np.float64)
         self._grad = np.zeros((len(INPUTS), B), dtype=np.float64)
         self._summary = None       # outputs() of the last forward pass, from self._res
         self._objective_kind = None
@@ -446,7 +446,7 @@ class Projectile(runtime.RuntimeBound):
                 finish_one(b)
             ti.loop_config(serialize=serial)
             for b in range(B):
-                objective_one(b, kind, sign)
+                res[R_TERM, b] = objective_one(b, kind, sign)
                 copy_one(b, res)
             res[R_LOSS, 0] = loss[None]
 
@@ -492,6 +492,7 @@ class Projectile(runtime.RuntimeBound):
             ti.loop_config(serialize=serial)
             for b in range(B):
                 copy_one(b, res)
+                res[R_TERM, b] = loss_b[b]
             res[R_LOSS, 0] = loss[None]
 
         @ti.func
@@ -757,6 +758,16 @@ class Projectile(runtime.RuntimeBound):
             d["bounces"] = self.nbounce.to_numpy()[K]
         d["steps_per_arc"] = d["land_t"] / self.dt / (d["bounces"] + 1)
         return d
+
+    def terms(self) -> np.ndarray:
+        """Each cannon's term of the last simulated objective (its weight and sign
+        included; they add up to what forward() returned), shape (B,); written by the
+        pass's last launch, so reading it costs none. After refined_outputs() the terms
+        are its flight times."""
+        self._check_runtime()
+        if self._summary is None:
+            raise DiffsimError("terms() needs a forward() first")
+        return self._summary[R_TERM].copy()
 
     # -- trajectories (forward only, for plots) --------------------------------------
     def trace(self) -> np.ndarray:
