@@ -72,6 +72,56 @@ MIN_STEPS_PER_ARC = 16
 SERIAL_MAX_BATCH = 64
 
 
+def step_functions(integrator):
+    """The cannon's dynamics as Taichi functions, (accel, advance), made on each call
+    (never at import, which would fix the backend). One implementation serves the forward
+    kernels (and so Taichi's autodiff and forward mode of them) and the hand-written
+    adjoint (:mod:`.projectile_reverse`), which must recompute the forward states exactly.
+
+    accel(vx, vy, vz, g, k, wx, wz): gravity g [m/s²] and quadratic drag k [1/m] relative
+    to the wind (wx, 0, wz) [m/s]: a = -g·ŷ - k·|v - w|·(v - w), a 3-vector [m/s²].
+    advance(vx, vy, vz, g, k, wx, wz, h): one step of h seconds from velocity v by
+    ``integrator`` ("symplectic_euler", "euler" or "rk4"): a 6-vector, the position
+    increment [m] then the end velocity [m/s] (the step is a translation in position)."""
+
+    @ti.func
+    def accel(vx, vy, vz, g, k, wx, wz):
+        rx, ry, rz = vx - wx, vy, vz - wz
+        sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
+        return ti.Vector([-k * sp * rx, -g - k * sp * ry, -k * sp * rz])
+
+    @ti.func
+    def advance(vx, vy, vz, g, k, wx, wz, h):
+        out = ti.Vector.zero(float, 6)
+        if ti.static(integrator == "symplectic_euler"):
+            a = accel(vx, vy, vz, g, k, wx, wz)
+            nvx, nvy, nvz = vx + h * a[0], vy + h * a[1], vz + h * a[2]
+            out = ti.Vector([h * nvx, h * nvy, h * nvz, nvx, nvy, nvz])
+        elif ti.static(integrator == "euler"):
+            a = accel(vx, vy, vz, g, k, wx, wz)
+            out = ti.Vector([h * vx, h * vy, h * vz,
+                             vx + h * a[0], vy + h * a[1], vz + h * a[2]])
+        else:  # classic RK4 (1/6, 1/3, 1/3, 1/6)
+            a1 = accel(vx, vy, vz, g, k, wx, wz)
+            b2x, b2y, b2z = vx + 0.5 * h * a1[0], vy + 0.5 * h * a1[1], vz + 0.5 * h * a1[2]
+            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
+            b3x, b3y, b3z = vx + 0.5 * h * a2[0], vy + 0.5 * h * a2[1], vz + 0.5 * h * a2[2]
+            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
+            b4x, b4y, b4z = vx + h * a3[0], vy + h * a3[1], vz + h * a3[2]
+            a4 = accel(b4x, b4y, b4z, g, k, wx, wz)
+            c = h / 6.0
+            out = ti.Vector([
+                c * (vx + 2 * b2x + 2 * b3x + b4x),
+                c * (vy + 2 * b2y + 2 * b3y + b4y),
+                c * (vz + 2 * b2z + 2 * b3z + b4z),
+                vx + c * (a1[0] + 2 * a2[0] + 2 * a3[0] + a4[0]),
+                vy + c * (a1[1] + 2 * a2[1] + 2 * a3[1] + a4[1]),
+                vz + c * (a1[2] + 2 * a2[2] + 2 * a3[2] + a4[2])])
+        return out
+
+    return accel, advance
+
+
 class Projectile(runtime.RuntimeBound):
     """B projectiles integrated together; gradients of a scalar objective by reverse AD.
 
@@ -188,41 +238,13 @@ class Projectile(runtime.RuntimeBound):
         B = self.B
         serial = self.serial
 
-        @ti.func
-        def accel(vx, vy, vz, g, k, wx, wz):
-            rx, ry, rz = vx - wx, vy, vz - wz
-            sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
-            return ti.Vector([-k * sp * rx, -g - k * sp * ry, -k * sp * rz])
+        accel, advance = step_functions(integ)
 
         @ti.func
         def integrate(px, py, pz, vx, vy, vz, g, k, wx, wz, dt):
             """One step; returns (x, y, z, vx, vy, vz) at the end of it."""
-            out = ti.Vector.zero(float, 6)
-            if ti.static(integ == "symplectic_euler"):
-                a = accel(vx, vy, vz, g, k, wx, wz)
-                nvx, nvy, nvz = vx + dt * a[0], vy + dt * a[1], vz + dt * a[2]
-                out = ti.Vector([px + dt * nvx, py + dt * nvy, pz + dt * nvz, nvx, nvy, nvz])
-            elif ti.static(integ == "euler"):
-                a = accel(vx, vy, vz, g, k, wx, wz)
-                out = ti.Vector([px + dt * vx, py + dt * vy, pz + dt * vz,
-                                 vx + dt * a[0], vy + dt * a[1], vz + dt * a[2]])
-            else:  # classic RK4 (1/6, 1/3, 1/3, 1/6)
-                a1 = accel(vx, vy, vz, g, k, wx, wz)
-                b2x, b2y, b2z = vx + 0.5 * dt * a1[0], vy + 0.5 * dt * a1[1], vz + 0.5 * dt * a1[2]
-                a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
-                b3x, b3y, b3z = vx + 0.5 * dt * a2[0], vy + 0.5 * dt * a2[1], vz + 0.5 * dt * a2[2]
-                a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
-                b4x, b4y, b4z = vx + dt * a3[0], vy + dt * a3[1], vz + dt * a3[2]
-                a4 = accel(b4x, b4y, b4z, g, k, wx, wz)
-                c = dt / 6.0
-                out = ti.Vector([
-                    px + c * (vx + 2 * b2x + 2 * b3x + b4x),
-                    py + c * (vy + 2 * b2y + 2 * b3y + b4y),
-                    pz + c * (vz + 2 * b2z + 2 * b3z + b4z),
-                    vx + c * (a1[0] + 2 * a2[0] + 2 * a3[0] + a4[0]),
-                    vy + c * (a1[1] + 2 * a2[1] + 2 * a3[1] + a4[1]),
-                    vz + c * (a1[2] + 2 * a2[2] + 2 * a3[2] + a4[2])])
-            return out
+            st = advance(vx, vy, vz, g, k, wx, wz, dt)
+            return ti.Vector([px + st[0], py + st[1], pz + st[2], st[3], st[4], st[5]])
 
         @ti.func
         def impact_fraction(y0, y1, m0, m1):

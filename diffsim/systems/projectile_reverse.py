@@ -191,44 +191,9 @@ def _compile(sim, rev, G, NS, NG, C):
             d = -d / dp
         return s, d
 
-    @ti.func
-    def accel(vx, vy, vz, g, k, wx, wz):
-        """Gravity and quadratic drag relative to the wind (projectile.accel)."""
-        rx, ry, rz = vx - wx, vy, vz - wz
-        sp = ti.sqrt(rx * rx + ry * ry + rz * rz)
-        return ti.Vector([-k * sp * rx, -g - k * sp * ry, -k * sp * rz])
-
-    @ti.func
-    def advance(vx, vy, vz, g, k, wx, wz, h):
-        """One step of h seconds from velocity v: (position increment (3), end velocity
-        (3)), with the forward pass's operations (projectile.integrate), so the
-        recomputed states and events are the forward pass's."""
-        out = ti.Vector.zero(float, 6)
-        if ti.static(integ == "symplectic_euler"):
-            a = accel(vx, vy, vz, g, k, wx, wz)
-            nvx, nvy, nvz = vx + h * a[0], vy + h * a[1], vz + h * a[2]
-            out = ti.Vector([h * nvx, h * nvy, h * nvz, nvx, nvy, nvz])
-        elif ti.static(integ == "euler"):
-            a = accel(vx, vy, vz, g, k, wx, wz)
-            out = ti.Vector([h * vx, h * vy, h * vz,
-                             vx + h * a[0], vy + h * a[1], vz + h * a[2]])
-        else:
-            a1 = accel(vx, vy, vz, g, k, wx, wz)
-            b2x, b2y, b2z = vx + 0.5 * h * a1[0], vy + 0.5 * h * a1[1], vz + 0.5 * h * a1[2]
-            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
-            b3x, b3y, b3z = vx + 0.5 * h * a2[0], vy + 0.5 * h * a2[1], vz + 0.5 * h * a2[2]
-            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
-            b4x, b4y, b4z = vx + h * a3[0], vy + h * a3[1], vz + h * a3[2]
-            a4 = accel(b4x, b4y, b4z, g, k, wx, wz)
-            c = h / 6.0
-            out = ti.Vector([
-                c * (vx + 2 * b2x + 2 * b3x + b4x),
-                c * (vy + 2 * b2y + 2 * b3y + b4y),
-                c * (vz + 2 * b2z + 2 * b3z + b4z),
-                vx + c * (a1[0] + 2 * a2[0] + 2 * a3[0] + a4[0]),
-                vy + c * (a1[1] + 2 * a2[1] + 2 * a3[1] + a4[1]),
-                vz + c * (a1[2] + 2 * a2[2] + 2 * a3[2] + a4[2])])
-        return out
+    # the forward kernels' own step (same operations, so the recomputed states and
+    # events are the forward pass's bit for bit)
+    accel, advance = P.step_functions(integ)
 
     @ti.func
     def accel_adjoint(ux, uy, uz, ax, ay, az, k, wx, wz):
