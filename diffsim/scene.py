@@ -48,6 +48,7 @@ class Key:
     lo/hi: inclusive bounds; lo_open/hi_open make them strict. choices: allowed strings.
     length: required list length (int) or a set of allowed lengths.
     check: extra validator ``f(value) -> str | None`` (an error message or None).
+    renamed: old value -> its new name; an old value is refused naming the new one.
     """
 
     type: str
@@ -60,6 +61,7 @@ class Key:
     choices: tuple | None = None
     length: Any = None
     check: Callable | None = None
+    renamed: dict | None = None
 
     @property
     def required(self) -> bool:
@@ -204,6 +206,9 @@ def check_value(spec: Key, v, *, path: str, key: str):
         if spec.hi is not None and (x > spec.hi or (spec.hi_open and x == spec.hi)):
             op = "<" if spec.hi_open else "<="
             raise SceneError(f"must be {op} {spec.hi}", file=path, key=key, value=v, has_value=True)
+    if spec.renamed and isinstance(v, str) and v in spec.renamed:
+        raise SceneError(f"{v!r} was renamed; use {spec.renamed[v]!r}", file=path, key=key,
+                         value=v, has_value=True)
     if spec.choices is not None and v not in spec.choices:
         raise SceneError(f"must be one of {', '.join(map(str, spec.choices))}", file=path,
                          key=key, value=v, has_value=True)

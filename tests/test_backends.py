@@ -82,7 +82,7 @@ def test_refused_paths(runtime):
     from diffsim.ode import Euler, solve
     from diffsim.ode.systems import SYSTEMS
     from diffsim.systems.projectile import Projectile
-    sim = Projectile(1, steps=300, dt=0.01, bounces=1, integrator="symplectic_euler")
+    sim = Projectile(1, steps=300, dt=0.01, bounces=1, integrator="semi_implicit_euler")
     sim.set_inputs(speed=12.0, angle=0.4, restitution=0.5)
     sim.forward("range")
     assert sim.outputs()["bounces"][0] == 1

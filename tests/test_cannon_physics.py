@@ -81,7 +81,7 @@ def test_readme_snippet_numbers_and_the_sign_of_the_gradient():
 def two():
     """Two cannons over 6 s (600 steps of 0.01 s) with up to two bounces, symplectic Euler
     (the bounce FD tests in test_projectile.py run RK4)."""
-    return Projectile(2, steps=600, dt=0.01, bounces=2, integrator="symplectic_euler")
+    return Projectile(2, steps=600, dt=0.01, bounces=2, integrator="semi_implicit_euler")
 
 
 def test_restitution_zero_bounce_is_the_landing_and_its_gradient_is_right(two):
@@ -100,7 +100,7 @@ def test_restitution_zero_bounce_is_the_landing_and_its_gradient_is_right(two):
         np.testing.assert_allclose(g[name], fd(sim, name), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-@pytest.mark.parametrize("integrator", ["symplectic_euler", "rk4"])
+@pytest.mark.parametrize("integrator", ["semi_implicit_euler", "rk4"])
 def test_bounced_landing_is_smooth_in_the_parameters(integrator):
     """401 cannons with drags 1.5e-3 … 2.5e-3 1/m, two bounces: the landing's slope along
     drag has no jumps (impacts crossing step boundaries). Hermite-derivative impact
@@ -184,7 +184,7 @@ def test_default_cannon_miss_holds_for_the_exact_ode():
 
 
 def test_model_error_estimates_the_true_error_and_status_words_are_honest():
-    pb = diffsim.build("cannon", ["sim.integrator='symplectic_euler'", "sim.dt=0.005"])
+    pb = diffsim.build("cannon", ["sim.integrator='semi_implicit_euler'", "sim.dt=0.005"])
     s = pb.summary({"angle": 0.4})
     true_err = abs(s["landing_x"][0] - exact_landing(0.4, 45.0, 0.002, -4.0))
     assert 0.5 < s["model_error"][0] / true_err < 2.0, (s["model_error"], true_err)

@@ -133,11 +133,11 @@ def test_cannon_forward_mode_equals_reverse_mode_and_central_differences(cannons
         assert np.all(gt[name] != 0.0), name
 
 
-def test_cannon_symplectic_euler_forward_and_adjoint_with_a_cannon_still_flying():
+def test_cannon_semi_implicit_euler_forward_and_adjoint_with_a_cannon_still_flying():
     """Cannon 0 is still flying at the 1.5 s horizon (its objective is its mid-air
     position), cannon 1 bounces once and lands. Forward mode matches central FD; the
     Euler adjoint converges to the discrete gradient at first order."""
-    sim = Projectile(2, steps=150, dt=0.01, integrator="symplectic_euler", bounces=1)
+    sim = Projectile(2, steps=150, dt=0.01, integrator="semi_implicit_euler", bounces=1)
     sim.set_inputs(speed=[20.0, 8.0], angle=[0.7, 0.5], drag=0.003, wind_x=1.5,
                    restitution=0.5, gravity=G, target_x=[25.0, 5.0])
     names = ("speed", "angle", "gravity", "drag", "wind_x", "restitution")

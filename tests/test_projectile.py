@@ -86,10 +86,10 @@ def test_range_and_gradients_match_vacuum_closed_form(vacuum):
     np.testing.assert_allclose(g["gravity"], -v**2 * np.sin(2 * th) / G**2, rtol=1e-8)
 
 
-def test_symplectic_euler_converges_to_the_closed_form_at_first_order():
+def test_semi_implicit_euler_converges_to_the_closed_form_at_first_order():
     errs = []
     for dt in (0.02, 0.01, 0.005):
-        sim = Projectile(1, steps=int(round(6 / dt)), dt=dt, integrator="symplectic_euler")
+        sim = Projectile(1, steps=int(round(6 / dt)), dt=dt, integrator="semi_implicit_euler")
         sim.set_inputs(speed=30.0, angle=0.7, gravity=G)
         sim.forward("range")
         errs.append(abs(sim.outputs()["land_x"][0] - 900 * math.sin(1.4) / G))
@@ -98,7 +98,7 @@ def test_symplectic_euler_converges_to_the_closed_form_at_first_order():
 
 
 def test_3d_gradients_including_azimuth_and_cross_wind():
-    sim = Projectile(2, steps=600, dt=0.01, dims=3, integrator="symplectic_euler")
+    sim = Projectile(2, steps=600, dt=0.01, dims=3, integrator="semi_implicit_euler")
     sim.set_inputs(speed=[30, 40], angle=[0.6, 0.4], azimuth=[0.3, -0.5], drag=0.002,
                    wind_x=2.0, wind_z=[-3.0, 1.5], gravity=G, target_x=60.0, target_z=20.0)
     sim.forward("miss")
@@ -254,3 +254,20 @@ def test_per_cannon_terms_from_the_kernel(objective):
     assert sim.terms().sum() == pytest.approx(total, rel=1e-13)
     sim.forward_tangent(["angle"], objective, maximize=True)
     np.testing.assert_allclose(sim.terms(), want, rtol=1e-13)
+
+
+def test_integrator_names_are_the_solver_registrys_and_the_old_name_is_refused(tmp_path):
+    """One name per method across systems: the cannon's integrators are named (and
+    ordered) as in diffsim.ode.solvers.SOLVERS; 'symplectic_euler' is refused naming
+    'semi_implicit_euler', in Python and in a scene file."""
+    import diffsim
+    from diffsim.errors import SceneError
+    from diffsim.ode.solvers import SOLVERS
+    from diffsim.systems.projectile import INTEGRATORS
+    from diffsim.tasks.cannon import ORDER
+    assert set(INTEGRATORS) <= set(SOLVERS)
+    assert ORDER == {"semi_implicit_euler": 1, "euler": 1, "rk4": 4}
+    with pytest.raises(DiffsimError, match="renamed 'semi_implicit_euler'"):
+        Projectile(1, integrator="symplectic_euler")
+    with pytest.raises(SceneError, match="sim.integrator.*renamed; use 'semi_implicit_euler'"):
+        diffsim.build("cannon", ["sim.integrator='symplectic_euler'"])

@@ -26,8 +26,8 @@ def _inputs(B, dims):
 def sims():
     """(dims, integrator, serial) -> a Projectile; B not a multiple of the group size."""
     out = {}
-    for dims, integ, serial, B, bounces in ((2, "symplectic_euler", False, 9, 0),
-                                            (3, "symplectic_euler", True, 7, 2),
+    for dims, integ, serial, B, bounces in ((2, "semi_implicit_euler", False, 9, 0),
+                                            (3, "semi_implicit_euler", True, 7, 2),
                                             (3, "rk4", True, 5, 2),
                                             (2, "euler", True, 5, 1)):
         sim = Projectile(B, steps=STEPS, dt=DT, dims=dims, integrator=integ, serial=serial,
@@ -52,7 +52,7 @@ def _both(sim, objective, maximize=False):
     return (np.array([mine[n] for n in INPUTS]), np.array([ref[n] for n in INPUTS]))
 
 
-@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler"),
+@pytest.mark.parametrize("key", [(2, "semi_implicit_euler"), (3, "semi_implicit_euler"),
                                  # Taichi's reverse RK4 kernel alone compiles in ~5-9 s;
                                  # test_equals_central_differences covers the same path
                                  pytest.param((3, "rk4"), marks=pytest.mark.slow)])
@@ -94,7 +94,7 @@ def _terms(sim, objective):
     return o["land_t"]
 
 
-@pytest.mark.parametrize("key", [(2, "symplectic_euler"), (3, "symplectic_euler"), (3, "rk4"),
+@pytest.mark.parametrize("key", [(2, "semi_implicit_euler"), (3, "semi_implicit_euler"), (3, "rk4"),
                                  (2, "euler")])
 def test_equals_central_differences(sims, key):
     """Every input perturbed for all cannons at once (cannons are independent, so each
@@ -125,7 +125,7 @@ def test_group_and_slot_layouts_agree(sims, group, slots):
     """Cannons interleaved per group and spread over slots (9 cannons in 3 lanes and 2
     slots: two groups in one slot): the same numbers to round-off as the default layout
     (2 lanes, 5 slots, the last group padded)."""
-    sim = sims[2, "symplectic_euler"]
+    sim = sims[2, "semi_implicit_euler"]
     sim.forward("miss", strict=False)
     ref = sim.backward()
     default = sim.__dict__["_hand_reverse"]
@@ -145,7 +145,7 @@ def test_impact_fraction_derivative_of_a_deflated_first_step(sims):
     (Where the forward pass's 4 Newton iterations leave a residual, e.g. angle 1e-3 here:
     5e-11 in s, autodiff differentiates that iterate and the implicit function theorem
     the root; they then differ by ~1e-8 relative.)"""
-    sim = sims[3, "symplectic_euler"]
+    sim = sims[3, "semi_implicit_euler"]
     a = sim.get_inputs()
     try:
         sim.set_inputs(height=0.0, angle=np.array([1e-4, 3e-4, -0.2, 0.5, 2e-4, 0.8, 1.5e-4]),
@@ -162,7 +162,7 @@ def test_impact_fraction_derivative_of_a_deflated_first_step(sims):
 def test_falls_back_to_taichi_autodiff_where_not_covered(sims, monkeypatch):
     """Turned off, or a buffer over the memory limit: Projectile.backward is Taichi's
     autodiff, and gives the same gradient."""
-    sim = sims[2, "symplectic_euler"]
+    sim = sims[2, "semi_implicit_euler"]
     sim.forward("range", strict=False)
     mine = sim.backward()
     R.use(sim, False)

@@ -48,7 +48,11 @@ from .. import runtime, tape
 from ..errors import DiffsimError, SimulationError
 from ..tape import tangent_mode  # noqa: F401  (its home was here; mass_spring imported it)
 
-INTEGRATORS = ("symplectic_euler", "euler", "rk4")
+#: the cannon's integrators, named as in the solver registry (diffsim.ode.solvers.SOLVERS,
+#: whose orders and descriptions they share): one name per method across systems
+INTEGRATORS = ("semi_implicit_euler", "euler", "rk4")
+#: names the cannon used before it took the registry's: refused, naming the new one
+RENAMED_INTEGRATORS = {"symplectic_euler": "semi_implicit_euler"}
 
 #: per-cannon inputs that carry gradients, in this order everywhere
 INPUTS = ("x0", "height", "z0", "speed", "angle", "azimuth",
@@ -81,7 +85,7 @@ def step_functions(integrator):
     accel(vx, vy, vz, g, k, wx, wz): gravity g [m/s²] and quadratic drag k [1/m] relative
     to the wind (wx, 0, wz) [m/s]: a = -g·ŷ - k·|v - w|·(v - w), a 3-vector [m/s²].
     advance(vx, vy, vz, g, k, wx, wz, h): one step of h seconds from velocity v by
-    ``integrator`` ("symplectic_euler", "euler" or "rk4"): a 6-vector, the position
+    ``integrator`` ("semi_implicit_euler", "euler" or "rk4"): a 6-vector, the position
     increment [m] then the end velocity [m/s] (the step is a translation in position)."""
 
     @ti.func
@@ -93,7 +97,7 @@ def step_functions(integrator):
     @ti.func
     def advance(vx, vy, vz, g, k, wx, wz, h):
         out = ti.Vector.zero(float, 6)
-        if ti.static(integrator == "symplectic_euler"):
+        if ti.static(integrator == "semi_implicit_euler"):
             a = accel(vx, vy, vz, g, k, wx, wz)
             nvx, nvy, nvz = vx + h * a[0], vy + h * a[1], vz + h * a[2]
             out = ti.Vector([h * nvx, h * nvy, h * nvz, nvx, nvy, nvz])
@@ -127,7 +131,7 @@ class Projectile(runtime.RuntimeBound):
 
     batch: number of cannons B. steps: fixed time steps of ``dt`` seconds each (the
     horizon ``steps·dt``; a cannon that lands earlier stops). dims: 2 (x, y) or 3 (x, y, z).
-    integrator: "rk4" (default: 4th order, exact in vacuum), "symplectic_euler" or
+    integrator: "rk4" (default: 4th order, exact in vacuum), "semi_implicit_euler" or
     "euler" (1st order). bounces: impacts that bounce before the one that lands; an
     impact with restitution 0 is always the landing (the ball cannot leave the ground).
     serial: run the batch loops serially (True) or in parallel (False); None (default)
@@ -148,6 +152,10 @@ class Projectile(runtime.RuntimeBound):
             raise DiffsimError(f"steps must be a positive integer, got {steps!r}")
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise DiffsimError(f"dt must be a positive finite number of seconds, got {dt!r}")
+        if integrator in RENAMED_INTEGRATORS:
+            raise DiffsimError(f"integrator={integrator!r} was renamed "
+                               f"{RENAMED_INTEGRATORS[integrator]!r} (the solver registry's "
+                               "name for it, shared by every system)")
         if integrator not in INTEGRATORS:
             raise DiffsimError(f"integrator={integrator!r} is not known; use one of {', '.join(INTEGRATORS)}")
         if dims not in (2, 3):

@@ -36,7 +36,7 @@ the forward pass's impact (Hermite root, impact point and velocity, the rest of 
 from the reflected velocity), event_adjoint differentiates it (the impact fraction by
 the implicit function theorem, the rest of the step's length (1 - s)·dt included).
 
-Covered: every integrator (symplectic_euler, euler, rk4), 2D and 3D, objectives miss /
+Covered: every integrator (semi_implicit_euler, euler, rk4), 2D and 3D, objectives miss /
 range / flight_time, landings, bounces and cannons still flying at the horizon, any
 batch. Taichi's autodiff is used instead (:func:`backward` returns None) when the sweep is
 turned off (:func:`use`) or its buffer would exceed the memory limit.
@@ -50,7 +50,7 @@ from ..errors import DiffsimError
 from . import projectile as P
 
 #: integrators whose step adjoint is written here
-INTEGRATORS = ("symplectic_euler", "euler", "rk4")
+INTEGRATORS = ("semi_implicit_euler", "euler", "rk4")
 #: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
 #: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
 #: steps, symplectic Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
@@ -242,7 +242,7 @@ def _compile(sim, rev, G, NS, NG, C):
                              -(j1[0] + j2[0] + j3[0] + j4[0]), -(j1[2] + j2[2] + j3[2] + j4[2])])
         else:
             mx, my, mz = avx, avy, avz
-            if ti.static(integ == "symplectic_euler"):   # v' = v + h a(v), p' = p + h v'
+            if ti.static(integ == "semi_implicit_euler"):   # v' = v + h a(v), p' = p + h v'
                 mx, my, mz = avx + h * apx, avy + h * apy, avz + h * apz
             ex, ey, ez = h * mx, h * my, h * mz
             jv = accel_adjoint(vx, vy, vz, ex, ey, ez, k, wx, wz)
@@ -257,7 +257,7 @@ def _compile(sim, rev, G, NS, NG, C):
         """d/dh of advance(v, h): (position increment (3), end velocity (3))."""
         out = ti.Vector.zero(float, 6)
         a1 = accel(vx, vy, vz, g, k, wx, wz)
-        if ti.static(integ == "symplectic_euler"):
+        if ti.static(integ == "semi_implicit_euler"):
             out = ti.Vector([vx + 2 * h * a1[0], vy + 2 * h * a1[1], vz + 2 * h * a1[2],
                              a1[0], a1[1], a1[2]])
         elif ti.static(integ == "euler"):

@@ -27,10 +27,12 @@ from ..optim import SECOND_ORDER, Adam, LBFGS, make_optimizer, minimize, optimiz
 from ..problem import Param, Parameters, Problem
 from ..task import Task
 from ..scene import REQUIRED, Key
-from ..systems.projectile import INTEGRATORS, OBJECTIVES, Projectile
+from ..ode.solvers import SOLVERS
+from ..systems.projectile import INTEGRATORS, OBJECTIVES, RENAMED_INTEGRATORS, Projectile
 
-#: order of accuracy of each integrator (global error ∝ dt^p), for Richardson estimates
-ORDER = {"rk4": 4, "symplectic_euler": 1, "euler": 1}
+#: order of accuracy of each integrator (global error ∝ dt^p), for Richardson estimates:
+#: the solver registry's
+ORDER = {name: SOLVERS[name].order for name in INTEGRATORS}
 #: |gradient|·parameter scale above this many times (|objective| + 1) is reported as enormous
 ENORMOUS_GRADIENT = 1e6
 
@@ -83,8 +85,8 @@ SCHEMA = {
         "dt": Key("float", 0.01, "time step [s]; the report's model_error says whether it is fine enough",
                   lo=0.0, lo_open=True, hi=10.0),
         "t_max": Key("float", 0.0, "longest flight simulated [s]; 0 = from the speed bound", lo=0.0),
-        "integrator": Key("str", "rk4", "rk4 (4th order) or symplectic_euler / euler (1st order)",
-                          choices=INTEGRATORS),
+        "integrator": Key("str", "rk4", "rk4 (4th order) or semi_implicit_euler / euler (1st order)",
+                          choices=INTEGRATORS, renamed=RENAMED_INTEGRATORS),
         "dims": Key("int", 2, "2 (x, y) or 3 (x, y, z)", choices=(2, 3)),
     },
     "target": {
