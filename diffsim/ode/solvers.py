@@ -50,8 +50,163 @@ def _at(v, i):
     return _impl.subscript(None, v, i)
 
 
+def _scalars(v, d):
+    """The d components of a Taichi vector expression as stored scalar locals (a list)."""
+    loc = _local(v)
+    return [_at(loc, i) for i in range(d)]
+
+
+def _axpy(base, h, terms):
+    """Trace-time: base + h·Σ c·vec componentwise, each component stored in a local; zero
+    coefficients and None vectors (known zeros) skipped, c = 1 not multiplied. base None
+    is zero, h None is 1. Returns None (a known zero) when nothing is left."""
+    terms = [(c, vec) for c, vec in terms if c != 0.0 and vec is not None]
+    if not terms:
+        return base
+    d = len(terms[0][1])
+    out = []
+    for k in range(d):
+        acc = None
+        for c, vec in terms:
+            x = vec[k] if c == 1.0 else c * vec[k]
+            acc = x if acc is None else acc + x
+        if h is not None:
+            acc = h * acc
+        out.append(_local(acc if base is None else base[k] + acc))
+    return out
+
+
+def _add(x, y):
+    """x + y componentwise for lists of scalars where None is a known zero."""
+    if x is None or y is None:
+        return y if x is None else x
+    return [_local(a + b) for a, b in zip(x, y)]
+
+
+class Partitioned:
+    """An explicit partitioned Runge–Kutta tableau for second-order systems
+    q' = v, v' = a(t, q, v) (positions q, velocities v, d components each). Stage i:
+
+        V_i = v + h·Σ_{j<i} a_ij·A_j,   Q_i = q + h·Σ_{j≤i} â_ij·V_j,
+        A_i = a(t + c_i·h, Q_i, V_i),
+        Δq = h·Σ b̂_i·V_i,   v' = v + h·Σ b_i·A_i.
+
+    An explicit RK method is the case â = a, b̂ = b; semi-implicit Euler and leapfrog use
+    the newest velocity for the drift (â_ii ≠ 0, b̂ ≠ b). A stage whose acceleration
+    nothing uses (semi-implicit Euler's second) is never evaluated.
+
+    The step, its reverse-mode adjoint and its derivative in h are built from the tableau
+    at trace time (:meth:`step`, :meth:`adjoint`, :meth:`dh`): one implementation per
+    integrator, shared by every second-order system (the ODE solvers for
+    ``ODE(second_order=True)``, the cannon, the mass-spring's mass update).
+    """
+
+    def __init__(self, a, b, ahat, bhat, c):
+        self.s = len(b)
+        self.a = [list(r) + [0.0] * (self.s - len(r)) for r in a]
+        self.ahat = [list(r) + [0.0] * (self.s - len(r)) for r in ahat]
+        self.b, self.bhat, self.c = list(b), list(bhat), list(c)
+        s = self.s
+        self.used = [self.b[i] != 0.0 or any(self.a[k][i] != 0.0 for k in range(i + 1, s))
+                     for i in range(s)]
+
+    @classmethod
+    def from_rk(cls, a, b, c):
+        """The partitioned form of an explicit RK tableau applied to (q, v)."""
+        return cls(a, b, a, b, c)
+
+    def _time(self, t, i, h):
+        return t if t is None or self.c[i] == 0.0 else t + self.c[i] * h
+
+    def stages(self, accel, t, q, v, h, args=()):
+        """Trace-time: the stage values (Q, V, A), lists over stages of lists of d
+        scalars. ``accel(t, Q_i, V_i, *args)`` returns a Taichi vector of d
+        accelerations (or a list of d scalars); q None means the acceleration does not
+        depend on the positions (then Q is not formed, and t may be None likewise)."""
+        d = len(v)
+        Q, V, A = [], [], []
+        for i in range(self.s):
+            Vi = _axpy(v, h, [(self.a[i][j], A[j]) for j in range(i)])
+            V.append(Vi)
+            Q.append(None if q is None else
+                     _axpy(q, h, [(self.ahat[i][j], V[j]) for j in range(i + 1)]))
+            Ai = None
+            if self.used[i]:
+                Ai = accel(self._time(t, i, h), Q[i], Vi, *args)
+                Ai = list(Ai) if isinstance(Ai, list) else _scalars(Ai, d)
+            A.append(Ai)
+        return Q, V, A
+
+    def step(self, accel, t, q, v, h, args=()):
+        """Trace-time: one step of h from (q, v); returns (Δq, v'), lists of d scalars
+        (the position increment, so a caller that is translation-invariant need not
+        carry q: pass q = None when the acceleration ignores it)."""
+        Q, V, A = self.stages(accel, t, q, v, h, args)
+        dq = _axpy(None, h, [(self.bhat[i], V[i]) for i in range(self.s)])
+        return dq, _axpy(v, h, [(self.b[i], A[i]) for i in range(self.s)])
+
+    def adjoint(self, accel, accel_vjp, t, q, v, h, args, dq_bar, v_bar):
+        """Trace-time reverse mode of :meth:`step`: given the adjoints dq_bar of Δq and
+        v_bar of v' (lists of d scalars), returns (q_bar, v_bar0, p_bar): the adjoints of
+        q through the stages (None when q is None; a caller with q' = q + Δq adds
+        dq_bar), of v, and of the acceleration's parameters summed over stages.
+        ``accel_vjp(t, Q_i, V_i, Ā, *args)`` returns (Q̄ or None, V̄, p̄) for the
+        vector-Jacobian product of Ā with a at stage i. The stages are recomputed from
+        (q, v) first, so the forward states are the step's own."""
+        Q, V, A = self.stages(accel, t, q, v, h, args)
+        s = self.s
+        Qb, Vb, pb = [None] * s, [None] * s, None
+        for i in reversed(range(s)):
+            va = None
+            if self.used[i]:
+                # A_i feeds v' (b_i) and the later stage velocities (a_ki)
+                Ab = _axpy(None, h, [(self.b[i], v_bar)] +
+                           [(self.a[k][i], Vb[k]) for k in range(i + 1, s)])
+                if Ab is not None:
+                    Qb[i], va, pa = accel_vjp(self._time(t, i, h), Q[i], V[i], Ab, *args)
+                    pb = _add(pb, pa)
+            # V_i feeds A_i, Δq (b̂_i) and the stage positions Q_k, k ≥ i (â_ki)
+            Vb[i] = _add(va, _axpy(None, h, [(self.bhat[i], dq_bar)] +
+                                   [(self.ahat[k][i], Qb[k]) for k in range(i, s)]))
+        v0 = v_bar
+        for i in range(s):
+            v0 = _add(v0, Vb[i])
+        q0 = None
+        for i in range(s):
+            q0 = _add(q0, Qb[i])
+        return q0, v0, pb
+
+    def dh(self, accel, accel_jvp, t, q, v, h, args=()):
+        """Trace-time d/dh of :meth:`step` at fixed (q, v): (dΔq/dh, dv'/dh), lists of d
+        scalars. ``accel_jvp(t, Q_i, V_i, dt, dQ, dV, *args)`` returns the tangent of a at
+        stage i along (dt, dQ, dV) (dQ, dV may be None: zero; dt is the number c_i)."""
+        Q, V, A = self.stages(accel, t, q, v, h, args)
+        d, s = len(v), self.s
+        dV, dQ, dA = [], [], []
+        for i in range(s):
+            # d/dh (h·Σ a_ij A_j) = Σ a_ij (A_j + h dA_j)
+            dV.append(_axpy(None, None, [(self.a[i][j], _axpy(A[j], h, [(1.0, dA[j])]))
+                                         for j in range(i)]))
+            dQ.append(None if q is None else _axpy(
+                None, None, [(self.ahat[i][j], _axpy(V[j], h, [(1.0, dV[j])]))
+                             for j in range(i + 1)]))
+            dAi = None
+            if self.used[i]:
+                dAi = accel_jvp(self._time(t, i, h), Q[i], V[i], self.c[i], dQ[i], dV[i], *args)
+                if dAi is not None and not isinstance(dAi, list):
+                    dAi = _scalars(dAi, d)
+            dA.append(dAi)
+        ddq = _axpy(None, None, [(self.bhat[i], _axpy(V[i], h, [(1.0, dV[i])]))
+                                 for i in range(s)])
+        dv = _axpy(None, None, [(self.b[i], _axpy(A[i], h, [(1.0, dA[i])])) for i in range(s)])
+        zero = [0.0] * d
+        return ddq or zero, dv or zero
+
+
 class Solver:
     name = "solver"
+    #: the method for second-order systems (:class:`Partitioned`); None: first-order only
+    partitioned = None
     order = 1
     adaptive = False
     implicit = False
@@ -71,6 +226,11 @@ class ExplicitRK(Solver):
     a: list = []
     b: list = []
     c: list = []
+
+    @property
+    def partitioned(self):
+        """The tableau applied to a second-order system (q, v) (:class:`Partitioned`)."""
+        return Partitioned.from_rk(self.a, self.b, self.c)
 
     def make_step(self, ode):
         f, n, a, b, c = ode.rhs, ode.n, self.a, self.b, self.c
@@ -107,45 +267,50 @@ class RK4(ExplicitRK):
     c = [0.0, 0.5, 0.5, 1.0]
 
 
-class SemiImplicitEuler(Solver):
+class SecondOrderSolver(Solver):
+    """A solver for second-order systems y = (q, v) only, given by its partitioned tableau
+    (:class:`Partitioned`); rhs's velocity half is the acceleration a(t, q, v)."""
+    partitioned: Partitioned = None
+
+    def make_step(self, ode):
+        f, n, tab = ode.rhs, ode.n, self.partitioned
+        _need_second_order(ode, self)
+        d = n // 2
+
+        def accel(t, Q, V, p):
+            k = _local(f(t, ti.Vector(Q + V), p))
+            return [_at(k, d + i) for i in range(d)]
+
+        def advance(t, y, p, h):
+            q, v = [_at(y, i) for i in range(d)], [_at(y, d + i) for i in range(d)]
+            dq, v1 = tab.step(accel, t, q, v, h, (p,))
+            return [q[i] + dq[i] for i in range(d)] + v1
+
+        @ti.func
+        def step(t, y, p, h):
+            # ti.static: a trace-time call (builds the tableau's expressions), not a warning
+            return ti.Vector(ti.static(advance(t, y, p, h)))
+        return step
+
+
+class SemiImplicitEuler(SecondOrderSolver):
     """Symplectic Euler for second-order systems y = (q, v): v' = v + h a(t, q, v),
     q' = q + h v'. Order 1; energy error stays bounded on conservative systems.
     Needs ``ODE(second_order=True)``; a(t, q, v) is the velocity half of rhs."""
     name, order = "semi_implicit_euler", 1
-
-    def make_step(self, ode):
-        f, n = ode.rhs, ode.n
-        _need_second_order(ode, self)
-        d = n // 2
-
-        @ti.func
-        def step(t, y, p, h):
-            k = f(t, y, p)
-            v = [y[d + i] + h * k[d + i] for i in ti.static(range(d))]
-            return ti.Vector([y[i] + h * v[i] for i in ti.static(range(d))] + v)
-        return step
+    # stage 2 only carries the kicked velocity into the drift: its acceleration is unused
+    partitioned = Partitioned(a=[[], [1.0]], b=[1.0, 0.0], ahat=[[0.0], [0.0, 0.0]],
+                              bhat=[0.0, 1.0], c=[0.0, 1.0])
 
 
-class Leapfrog(Solver):
+class Leapfrog(SecondOrderSolver):
     """Velocity Verlet / leapfrog (kick–drift–kick) for y = (q, v):
     v½ = v + h/2 a(t, q, v);  q' = q + h v½;  v' = v½ + h/2 a(t + h, q', v½).
     Order 2 and symplectic when a depends on q only; with velocity-dependent forces
     (damping) the second kick uses v½ and the order drops to 1 in the damping term."""
     name, order = "leapfrog", 2
-
-    def make_step(self, ode):
-        f, n = ode.rhs, ode.n
-        _need_second_order(ode, self)
-        d = n // 2
-
-        @ti.func
-        def step(t, y, p, h):
-            k = f(t, y, p)
-            vh = [y[d + i] + 0.5 * h * k[d + i] for i in ti.static(range(d))]
-            q = [y[i] + h * vh[i] for i in ti.static(range(d))]
-            k2 = f(t + h, ti.Vector(q + vh), p)
-            return ti.Vector(q + [vh[i] + 0.5 * h * k2[d + i] for i in ti.static(range(d))])
-        return step
+    partitioned = Partitioned(a=[[], [0.5]], b=[0.5, 0.5], ahat=[[0.0], [0.0, 1.0]],
+                              bhat=[0.0, 1.0], c=[0.0, 1.0])
 
 
 def _need_second_order(ode, solver):
