@@ -29,7 +29,8 @@ def sims():
     for dims, integ, serial, B, bounces in ((2, "semi_implicit_euler", False, 9, 0),
                                             (3, "semi_implicit_euler", True, 7, 2),
                                             (3, "rk4", True, 5, 2),
-                                            (2, "euler", True, 5, 1)):
+                                            (2, "euler", True, 5, 1),
+                                            (2, "midpoint", False, 6, 1)):
         sim = Projectile(B, steps=STEPS, dt=DT, dims=dims, integrator=integ, serial=serial,
                          bounces=bounces)
         sim.set_inputs(**_inputs(B, dims))
@@ -95,7 +96,7 @@ def _terms(sim, objective):
 
 
 @pytest.mark.parametrize("key", [(2, "semi_implicit_euler"), (3, "semi_implicit_euler"), (3, "rk4"),
-                                 (2, "euler")])
+                                 (2, "euler"), (2, "midpoint")])
 def test_equals_central_differences(sims, key):
     """Every input perturbed for all cannons at once (cannons are independent, so each
     cannon's term gives its own derivative), central differences in float64; through

@@ -50,8 +50,9 @@ def _at(v, i):
     return _impl.subscript(None, v, i)
 
 
-def _scalars(v, d):
-    """The d components of a Taichi vector expression as stored scalar locals (a list)."""
+def components(v, d):
+    """Trace-time: the d components of a Taichi vector expression, stored in a local,
+    as a list of scalar expressions (what the :class:`Partitioned` builders take)."""
     loc = _local(v)
     return [_at(loc, i) for i in range(d)]
 
@@ -133,7 +134,7 @@ class Partitioned:
             Ai = None
             if self.used[i]:
                 Ai = accel(self._time(t, i, h), Q[i], Vi, *args)
-                Ai = list(Ai) if isinstance(Ai, list) else _scalars(Ai, d)
+                Ai = list(Ai) if isinstance(Ai, list) else components(Ai, d)
             A.append(Ai)
         return Q, V, A
 
@@ -194,7 +195,7 @@ class Partitioned:
             if self.used[i]:
                 dAi = accel_jvp(self._time(t, i, h), Q[i], V[i], self.c[i], dQ[i], dV[i], *args)
                 if dAi is not None and not isinstance(dAi, list):
-                    dAi = _scalars(dAi, d)
+                    dAi = components(dAi, d)
             dA.append(dAi)
         ddq = _axpy(None, None, [(self.bhat[i], _axpy(V[i], h, [(1.0, dV[i])]))
                                  for i in range(s)])

@@ -50,6 +50,7 @@ from ..backend import ti
 
 from .. import runtime, tape
 from ..errors import DiffsimError, SimulationError
+from ..ode.solvers import make_solver
 from .bodies import Body, check_body, zero_length_springs
 
 CONTROLLERS = ("none", "neural", "sine", "sequence")
@@ -356,6 +357,20 @@ class MassSpring(runtime.RuntimeBound):
                 vxs[b, 0, i] = p["vx0"][b, i]
                 vys[b, 0, i] = p["vy0"][b, i]
 
+        # The mass update is the solver registry's semi-implicit Euler (one implementation
+        # shared by every system) from the damped velocity exp(-damping·dt)·v, with the
+        # acceleration g ŷ + f/m computed by the spring stage: (Δx, Δy, vx', vy').
+        sie = make_solver("semi_implicit_euler").partitioned
+
+        def given(t, q, v, ax, ay):    # trace time: the acceleration, already computed
+            return [ax, ay]
+
+        def kick_drift(vx, vy, ax, ay):
+            # trace time, called in ti.static: scalars, not a vector from a ti.func (whose
+            # subscripts Quadrants' forward mode fails to compile: UnaryOpStmt assertion)
+            dq, v1 = sie.step(given, None, None, [vx, vy], dt, (ax, ay))
+            return tuple(dq + v1)
+
         @ti.func
         def advance(t: ti.template()):
             # t: the step index as an expression (template: substituted into every
@@ -431,25 +446,25 @@ class MassSpring(runtime.RuntimeBound):
             for b, i in ti.ndrange(B, N):
                 px, py = xs[b, t, i], ys[b, t, i]
                 inv_m = 1.0 / m_[b, i]
-                nvx = sdamp * vxs[b, t, i] + dt * fx[b, t, i] * inv_m
-                nvy = sdamp * vys[b, t, i] + dt * (g + fy[b, t, i] * inv_m)
+                dx, dy, nvx, nvy = ti.static(kick_drift(sdamp * vxs[b, t, i], sdamp * vys[b, t, i],
+                                                        fx[b, t, i] * inv_m, g + fy[b, t, i] * inv_m))
                 fixed = pin[i] != 0
                 if ti.static(has_ground):
-                    hit = (py + dt * nvy < ground) & (nvy < 0.0)
+                    hit = (py + dy < ground) & (nvy < 0.0)
                     den = ti.select(hit, nvy, -1.0)
                     toi = ti.select(hit, ti.min(ti.max((ground - py) / den, 0.0), dt), 0.0)
                     rvy = -e * nvy
                     slide = ti.max(ti.abs(nvx) + mu * (1.0 + e) * nvy, 0.0)
                     rvx = ti.select(nvx > 0.0, slide, -slide) * keep_tangent
-                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, px + dt * nvx)
-                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, py + dt * nvy)
+                    ex = ti.select(hit, px + toi * nvx + (dt - toi) * rvx, px + dx)
+                    ey = ti.select(hit, py + toi * nvy + (dt - toi) * rvy, py + dy)
                     xs[b, t + 1, i] = ti.select(fixed, px, ex)
                     ys[b, t + 1, i] = ti.select(fixed, py, ey)
                     vxs[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvx, nvx))
                     vys[b, t + 1, i] = ti.select(fixed, 0.0, ti.select(hit, rvy, nvy))
                 else:
-                    xs[b, t + 1, i] = ti.select(fixed, px, px + dt * nvx)
-                    ys[b, t + 1, i] = ti.select(fixed, py, py + dt * nvy)
+                    xs[b, t + 1, i] = ti.select(fixed, px, px + dx)
+                    ys[b, t + 1, i] = ti.select(fixed, py, py + dy)
                     vxs[b, t + 1, i] = ti.select(fixed, 0.0, nvx)
                     vys[b, t + 1, i] = ti.select(fixed, 0.0, nvy)
 

@@ -8,14 +8,15 @@ the last one the cannon flew in back to the first), it recomputes the segment fr
 checkpoint the forward pass stored (``Projectile.state[c][k, b]``), keeping the velocity at
 the start of every step in a small buffer, then runs the step's adjoint by hand backwards.
 
-Math (per cannon; ``a(v) = -g·ŷ - k·|r|·r``, ``r = v - w``; symplectic Euler
+Math (per cannon; ``a(v) = -g·ŷ - k·|r|·r``, ``r = v - w``; semi-implicit Euler
 ``v' = v + dt·a(v)``, ``p' = p + dt·v'``). With adjoints Λp, Λv of the step's end state:
 
     μ = Λv + dt·Λp ;  ā = dt·μ ;  λp = Λp ;  λv = μ + Jᵀā,  Jᵀā = -k·(|r|·ā + r·(r·ā)/|r|)
     λg -= ā_y ;  λk -= |r|·(r·ā) ;  λw -= Jᵀā
 
-Euler and RK4 likewise (RK4: the four stages recomputed from v, then reversed; see
-step_adjoint). The acceleration depends on the velocity only, so the buffer holds
+Every integrator likewise: the step's adjoint is built from the integrator's tableau
+(:meth:`diffsim.ode.solvers.Partitioned.adjoint`: the stages recomputed from v, then
+reversed), the same tableau the forward step is built from. The acceleration depends on the velocity only, so the buffer holds
 velocities alone. The landing step (the first whose end is below ground) maps its start and end states to the
 landing point and time: x_land = H(x0, x1, dt·vx0, dt·vx1; s) (cubic Hermite), t_land =
 (step + s)·dt, with s the root of the Hermite cubic of y found by Newton in the forward
@@ -36,7 +37,7 @@ the forward pass's impact (Hermite root, impact point and velocity, the rest of 
 from the reflected velocity), event_adjoint differentiates it (the impact fraction by
 the implicit function theorem, the rest of the step's length (1 - s)·dt included).
 
-Covered: every integrator (semi_implicit_euler, euler, rk4), 2D and 3D, objectives miss /
+Covered: every integrator of the cannon (projectile.INTEGRATORS), 2D and 3D, objectives miss /
 range / flight_time, landings, bounces and cannons still flying at the horizon, any
 batch. Taichi's autodiff is used instead (:func:`backward` returns None) when the sweep is
 turned off (:func:`use`) or its buffer would exceed the memory limit.
@@ -47,13 +48,12 @@ import numpy as np
 from ..backend import ti
 from .. import runtime
 from ..errors import DiffsimError
+from ..ode.solvers import components
 from . import projectile as P
 
-#: integrators whose step adjoint is written here
-INTEGRATORS = ("semi_implicit_euler", "euler", "rk4")
 #: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
 #: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
-#: steps, symplectic Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
+#: steps, semi-implicit Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
 #: (forward ~130-200 ms), 13 / 6 ms for 2 / 4 lanes at B = 1,024 (forward ~8 ms); but
 #: the kernel's first compile grows with the lanes (empty offline cache, 2D: 1.2 / 2.1 /
 #: 4.9 s for 1 / 2 / 4 lanes, 3D 4 lanes 7.3 s; Taichi's reverse kernel 0.7-1 s), so the
@@ -79,8 +79,6 @@ def reason_not_used(sim):
     else a sentence saying why Taichi's autodiff does instead."""
     if not sim.__dict__.get("_hand_reverse_on", True):
         return "turned off (projectile_reverse.use(sim, False))"
-    if sim.integrator not in INTEGRATORS:
-        return f"integrator {sim.integrator!r} has no hand-written adjoint (only {', '.join(INTEGRATORS)})"
     if sim._summary is None:
         return "no forward-pass summary"
     rev = sim.__dict__.get("_hand_reverse")
@@ -193,7 +191,7 @@ def _compile(sim, rev, G, NS, NG, C):
 
     # the forward kernels' own step (same operations, so the recomputed states and
     # events are the forward pass's bit for bit)
-    accel, advance = P.step_functions(integ)
+    accel, advance, tab = P.step_functions(integ)
 
     @ti.func
     def accel_adjoint(ux, uy, uz, ax, ay, az, k, wx, wz):
@@ -207,84 +205,36 @@ def _compile(sim, rev, G, NS, NG, C):
         return ti.Vector([-k * (sp * ax + rx * q), -k * (sp * ay + ry * q),
                           -k * (sp * az + rz * q), sp * rn])
 
+    # the step's reverse mode and d/dh, from the same tableau as ``advance``
+    # (diffsim.ode.solvers.Partitioned): a depends on v only, so no position stages
+    def accel_of(t, q, v, g, k, wx, wz):
+        return accel(v[0], v[1], v[2], g, k, wx, wz)
+
+    def accel_vjp(t, q, v, ab, g, k, wx, wz):
+        j = components(accel_adjoint(v[0], v[1], v[2], ab[0], ab[1], ab[2], k, wx, wz), 4)
+        # a = -g·ŷ - k·|r|·r, r = v - w: ∂a/∂w = -∂a/∂v, ∂a/∂g = -ŷ, ∂a/∂k = -|r|·r
+        return None, j[:3], [-ab[1], -j[3], -j[0], -j[2]]
+
+    def accel_jvp(t, q, v, dt, dq, dv, g, k, wx, wz):
+        if dv is None:
+            return None
+        return components(accel_adjoint(v[0], v[1], v[2], dv[0], dv[1], dv[2], k, wx, wz), 4)[:3]
+
     @ti.func
     def step_adjoint(vx, vy, vz, apx, apy, apz, avx, avy, avz, g, k, wx, wz, h):
         """Adjoint of one step of h seconds from start velocity v, given the adjoints Ap,
         Av of its end position and velocity: (λv (3), then the step's terms of λ gravity,
         drag, wind_x, wind_z); λp = Ap (the step is a translation in p)."""
-        out = ti.Vector.zero(float, 7)
-        if ti.static(integ == "rk4"):
-            a1 = accel(vx, vy, vz, g, k, wx, wz)
-            b2x, b2y, b2z = vx + 0.5 * h * a1[0], vy + 0.5 * h * a1[1], vz + 0.5 * h * a1[2]
-            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
-            b3x, b3y, b3z = vx + 0.5 * h * a2[0], vy + 0.5 * h * a2[1], vz + 0.5 * h * a2[2]
-            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
-            b4x, b4y, b4z = vx + h * a3[0], vy + h * a3[1], vz + h * a3[2]
-            c = h / 6.0
-            # p' = p + c(v + 2 b2 + 2 b3 + b4), v' = v + c(a1 + 2 a2 + 2 a3 + a4),
-            # b2 = v + h/2 a1, b3 = v + h/2 a2, b4 = v + h a3, a_i = a(b_i): backwards
-            e4x, e4y, e4z = c * avx, c * avy, c * avz
-            j4 = accel_adjoint(b4x, b4y, b4z, e4x, e4y, e4z, k, wx, wz)
-            f4x, f4y, f4z = c * apx + j4[0], c * apy + j4[1], c * apz + j4[2]
-            e3x, e3y, e3z = 2 * c * avx + h * f4x, 2 * c * avy + h * f4y, 2 * c * avz + h * f4z
-            j3 = accel_adjoint(b3x, b3y, b3z, e3x, e3y, e3z, k, wx, wz)
-            f3x, f3y, f3z = 2 * c * apx + j3[0], 2 * c * apy + j3[1], 2 * c * apz + j3[2]
-            e2x, e2y, e2z = (2 * c * avx + 0.5 * h * f3x, 2 * c * avy + 0.5 * h * f3y,
-                             2 * c * avz + 0.5 * h * f3z)
-            j2 = accel_adjoint(b2x, b2y, b2z, e2x, e2y, e2z, k, wx, wz)
-            f2x, f2y, f2z = 2 * c * apx + j2[0], 2 * c * apy + j2[1], 2 * c * apz + j2[2]
-            e1x, e1y, e1z = c * avx + 0.5 * h * f2x, c * avy + 0.5 * h * f2y, c * avz + 0.5 * h * f2z
-            j1 = accel_adjoint(vx, vy, vz, e1x, e1y, e1z, k, wx, wz)
-            out = ti.Vector([avx + c * apx + f4x + f3x + f2x + j1[0],
-                             avy + c * apy + f4y + f3y + f2y + j1[1],
-                             avz + c * apz + f4z + f3z + f2z + j1[2],
-                             -(e1y + e2y + e3y + e4y), -(j1[3] + j2[3] + j3[3] + j4[3]),
-                             -(j1[0] + j2[0] + j3[0] + j4[0]), -(j1[2] + j2[2] + j3[2] + j4[2])])
-        else:
-            mx, my, mz = avx, avy, avz
-            if ti.static(integ == "semi_implicit_euler"):   # v' = v + h a(v), p' = p + h v'
-                mx, my, mz = avx + h * apx, avy + h * apy, avz + h * apz
-            ex, ey, ez = h * mx, h * my, h * mz
-            jv = accel_adjoint(vx, vy, vz, ex, ey, ez, k, wx, wz)
-            lx, ly, lz = mx + jv[0], my + jv[1], mz + jv[2]
-            if ti.static(integ == "euler"):              # p' = p + h v
-                lx, ly, lz = lx + h * apx, ly + h * apy, lz + h * apz
-            out = ti.Vector([lx, ly, lz, -ey, -jv[3], -jv[0], -jv[2]])
-        return out
+        _, lv, lp = ti.static(tab.adjoint(accel_of, accel_vjp, None, None, [vx, vy, vz], h,
+                                          (g, k, wx, wz), [apx, apy, apz], [avx, avy, avz]))
+        return ti.Vector(lv + lp)
 
     @ti.func
     def step_dh(vx, vy, vz, g, k, wx, wz, h):
         """d/dh of advance(v, h): (position increment (3), end velocity (3))."""
-        out = ti.Vector.zero(float, 6)
-        a1 = accel(vx, vy, vz, g, k, wx, wz)
-        if ti.static(integ == "semi_implicit_euler"):
-            out = ti.Vector([vx + 2 * h * a1[0], vy + 2 * h * a1[1], vz + 2 * h * a1[2],
-                             a1[0], a1[1], a1[2]])
-        elif ti.static(integ == "euler"):
-            out = ti.Vector([vx, vy, vz, a1[0], a1[1], a1[2]])
-        else:
-            b2x, b2y, b2z = vx + 0.5 * h * a1[0], vy + 0.5 * h * a1[1], vz + 0.5 * h * a1[2]
-            a2 = accel(b2x, b2y, b2z, g, k, wx, wz)
-            b3x, b3y, b3z = vx + 0.5 * h * a2[0], vy + 0.5 * h * a2[1], vz + 0.5 * h * a2[2]
-            a3 = accel(b3x, b3y, b3z, g, k, wx, wz)
-            b4x, b4y, b4z = vx + h * a3[0], vy + h * a3[1], vz + h * a3[2]
-            a4 = accel(b4x, b4y, b4z, g, k, wx, wz)
-            # tangents of the stages (J symmetric: accel_adjoint gives J·u)
-            t2x, t2y, t2z = 0.5 * a1[0], 0.5 * a1[1], 0.5 * a1[2]
-            d2 = accel_adjoint(b2x, b2y, b2z, t2x, t2y, t2z, k, wx, wz)
-            t3x, t3y, t3z = 0.5 * a2[0] + 0.5 * h * d2[0], 0.5 * a2[1] + 0.5 * h * d2[1], 0.5 * a2[2] + 0.5 * h * d2[2]
-            d3 = accel_adjoint(b3x, b3y, b3z, t3x, t3y, t3z, k, wx, wz)
-            t4x, t4y, t4z = a3[0] + h * d3[0], a3[1] + h * d3[1], a3[2] + h * d3[2]
-            d4 = accel_adjoint(b4x, b4y, b4z, t4x, t4y, t4z, k, wx, wz)
-            c = h / 6.0
-            out = ti.Vector([
-                (vx + 2 * b2x + 2 * b3x + b4x) / 6.0 + c * (2 * t2x + 2 * t3x + t4x),
-                (vy + 2 * b2y + 2 * b3y + b4y) / 6.0 + c * (2 * t2y + 2 * t3y + t4y),
-                (vz + 2 * b2z + 2 * b3z + b4z) / 6.0 + c * (2 * t2z + 2 * t3z + t4z),
-                (a1[0] + 2 * a2[0] + 2 * a3[0] + a4[0]) / 6.0 + c * (2 * d2[0] + 2 * d3[0] + d4[0]),
-                (a1[1] + 2 * a2[1] + 2 * a3[1] + a4[1]) / 6.0 + c * (2 * d2[1] + 2 * d3[1] + d4[1]),
-                (a1[2] + 2 * a2[2] + 2 * a3[2] + a4[2]) / 6.0 + c * (2 * d2[2] + 2 * d3[2] + d4[2])])
-        return out
+        ddq, dv = ti.static(tab.dh(accel_of, accel_jvp, None, None, [vx, vy, vz], h,
+                                   (g, k, wx, wz)))
+        return ti.Vector(ddq + dv)
 
     @ti.func
     def hermite(x0, x1, m0, m1, s):
