@@ -85,7 +85,7 @@ SCHEMA = {
         "dt": Key("float", 0.01, "time step [s]; the report's model_error says whether it is fine enough",
                   lo=0.0, lo_open=True, hi=10.0),
         "t_max": Key("float", 0.0, "longest flight simulated [s]; 0 = from the speed bound", lo=0.0),
-        "integrator": Key("str", "rk4", "rk4 (4th order) or semi_implicit_euler / euler (1st order)",
+        "integrator": Key("str", "rk4", "rk4 (4th order), midpoint (2nd) or semi_implicit_euler / euler (1st order)",
                           choices=INTEGRATORS, renamed=RENAMED_INTEGRATORS),
         "dims": Key("int", 2, "2 (x, y) or 3 (x, y, z)", choices=(2, 3)),
     },
