@@ -167,3 +167,28 @@ def test_cli_end_to_end(tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["masses"] == 3 and s["plots"]
     assert main(["run", str(tmp_path / "nope.toml")]) == 2
+
+
+def test_stability_limit_is_the_explicit_steps_own_and_scenes_above_it_are_refused(tmp_path):
+    """One spring k holding a mass m to a pinned one: the semi-implicit Euler step is stable
+    for dt < 2·sqrt(m/k) and grows without bound above it (the step matrix's eigenvalue
+    leaves the unit circle). bodies.stability_limit gives exactly that limit; a scene whose
+    sim.dt exceeds it is refused naming sim.dt; every bundled scene is below it."""
+    from diffsim.errors import SimulationError
+    from diffsim.tasks.mass_spring import make_body
+    k, m = 400.0, 0.25
+    body = bodies.Body(x=[[0.0, 0.0], [1.1, 0.0]], mass=[1.0, m], springs=[[0, 1]], stiffness=k,
+                       damping=0.0, rest=1.0, actuation=0.0, pinned=[True, False])
+    dt_max, i = bodies.stability_limit(body)
+    assert i == 1 and dt_max == pytest.approx(2 * np.sqrt(m / k), rel=1e-14)
+    sims = {f: MassSpring(body, steps=400, dt=f * dt_max, gravity=0.0, ground=None) for f in (0.95, 1.05)}
+    sims[0.95].forward("distance")
+    x = sims[0.95].trajectory()[0, :, 1, 0] - 1.0
+    assert np.abs(x).max() < 0.1 / np.sqrt(1 - 0.95 ** 2) and np.abs(x[-100:]).max() > 0.05
+    with pytest.raises(SimulationError, match="blew up|too large"):
+        sims[1.05].forward("distance")
+    for name in ("spring_triangle", "robot_a", "robot_b", "robot_c", "robot_d", "cloth_drop"):
+        sc = diffsim.scene.load(name)
+        assert sc["sim"]["dt"] < 0.5 * bodies.stability_limit(make_body(sc))[0], name
+    with pytest.raises(SceneError, match=r"sim\.dt.*stability limit.*0\.527 s"):
+        diffsim.build("spring_triangle", ["sim.dt=0.6"])

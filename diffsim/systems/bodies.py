@@ -216,6 +216,31 @@ def check_body(body: Body) -> None:
                                "move one of the masses")
 
 
+def stability_limit(body: Body) -> tuple[float, int]:
+    """(dt_max [s], mass index): a time step above dt_max makes the explicit step
+    (semi-implicit Euler) unstable for small oscillations about the initial shape, with
+    or without damping; ``(inf, -1)`` when no free mass has a spring.
+
+    Why: the step is stable only if dt·ω_max ≤ 2 (undamped; velocity damping exp(-c·dt)
+    and explicit spring damping only lower this limit), and ω_max² ≥ K_ii/m_i for every
+    free mass i and axis (a Rayleigh quotient of the stiffness matrix K = Σ k_s n_s n_sᵀ,
+    n_s the spring's unit direction at the initial positions). So the true limit
+    2/ω_max is at most dt_max = 2/sqrt(max K_ii/m_i), and a step above dt_max is unstable
+    whatever the rest of the body does. For one spring k holding a mass m to a pinned
+    one, dt_max = 2·sqrt(m/k) is the limit itself."""
+    K = np.zeros((body.n_masses, 2))
+    for (i, j), k in zip(body.springs, body.stiffness):
+        d = body.x[i] - body.x[j]
+        l2 = float(d @ d)
+        if l2 > 0:
+            K[i] += k * d * d / l2
+            K[j] += k * d * d / l2
+    lam = np.where(body.pinned[:, None], 0.0, K / body.mass[:, None])
+    i = int(np.argmax(lam.max(axis=1)))
+    top = float(lam[i].max())
+    return (2.0 / np.sqrt(top), i) if top > 0 else (float("inf"), -1)
+
+
 def zero_length_springs(x: np.ndarray, springs: np.ndarray, tol=0.0) -> np.ndarray:
     """Indices of springs whose length at positions ``x`` (N, 2) is <= ``tol`` [m]."""
     if len(springs) == 0:

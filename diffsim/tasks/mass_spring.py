@@ -195,6 +195,13 @@ def check_scene(sc):
         bodies.check_body(body)
     except DiffsimError as e:
         raise SceneError(str(e), file=sc.path, key="body") from None
+    dt_max, i = bodies.stability_limit(body)
+    if sc["sim"]["dt"] > dt_max:
+        raise SceneError(f"is above the stability limit of the explicit step for these springs, "
+                         f"{dt_max:.3g} s (2/ω for mass {i}, from its springs' stiffness and its "
+                         f"mass): the motion would oscillate and grow without bound. Lower sim.dt "
+                         f"(and raise sim.steps to keep the horizon), or soften the springs",
+                         file=sc.path, key="sim.dt", value=sc["sim"]["dt"], has_value=True)
     opt = sc["optimize"]["params"]
     known = ("controller",) + BODY_PARAMS
     if not (isinstance(opt, list) and opt and all(o in known for o in opt)) or len(set(opt)) != len(opt):
