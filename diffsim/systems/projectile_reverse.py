@@ -51,15 +51,19 @@ from ..errors import DiffsimError
 from ..ode.solvers import components
 from . import projectile as P
 
-#: cannons interleaved per group for batches of at least GROUP_MIN_BATCH (module
-#: docstring); smaller batches interleave 2 (1 alone). Measured (2-core CPU, 2D, 1,000
-#: steps, semi-implicit Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
+#: cannons interleaved per group: GROUP for batches of at least GROUP_MIN_BATCH (module
+#: docstring), 2 from PAIR_MIN_BATCH, 1 below. Measured (2-core CPU, 2D, 1,000 steps,
+#: semi-implicit Euler): reverse 385 / 133 / 85 ms for 1 / 2 / 4 lanes at B = 16,384
 #: (forward ~130-200 ms), 13 / 6 ms for 2 / 4 lanes at B = 1,024 (forward ~8 ms); but
 #: the kernel's first compile grows with the lanes (empty offline cache, 2D: 1.2 / 2.1 /
-#: 4.9 s for 1 / 2 / 4 lanes, 3D 4 lanes 7.3 s; Taichi's reverse kernel 0.7-1 s), so the
-#: small batches of tests and scenes keep 2.
+#: 4.9 s for 1 / 2 / 4 lanes, 3D 4 lanes 7.3 s; Taichi's reverse kernel 0.7-1 s). At
+#: B = 16 (1,000 steps of 5 ms) one lane against two: first backward 1.4 / 2.9 s
+#: (semi-implicit Euler) and 3.1 / 5.4 s (RK4, a bounce), then 0.22 / 0.13 ms and
+#: 1.2 / 0.8 ms per backward: a scene's whole optimisation costs less than the second
+#: lane's compile, so the small batches of scenes and tests take one lane.
 GROUP = 4
 GROUP_MIN_BATCH = 256
+PAIR_MIN_BATCH = 64
 #: most parallel slots (each owns a buffer of G × steps-per-segment × dims reals)
 MAX_SLOTS = 64
 
@@ -125,7 +129,7 @@ class _Reverse:
 
     def __init__(self, sim, group=None, slots=None):
         B = sim.B
-        G = int(group or (GROUP if B >= GROUP_MIN_BATCH else min(2, B)))
+        G = int(group or (GROUP if B >= GROUP_MIN_BATCH else 2 if B >= PAIR_MIN_BATCH else 1))
         NG = -(-B // G)
         NS = 1 if sim.serial else int(slots or min(NG, MAX_SLOTS))
         C = 3 if sim.dims == 3 else 2
