@@ -4,7 +4,7 @@ on the same workloads, in the same run, float64 in all three; prints the ratios.
 Workloads (each implemented identically in the three tools, same float64 arithmetic):
 
 * cannon: B cannons (speed 20..60 m/s, elevation 0.2..1.2 rad), 1,000 steps of
-  dt = 0.005 s, symplectic Euler, quadratic drag k = 0.002 1/m relative to a head wind of
+  dt = 0.005 s, semi-implicit Euler, quadratic drag k = 0.002 1/m relative to a head wind of
   -3 m/s, gravity 9.81 m/s². The landing is the event inside the first step whose end is
   below ground: all three tools locate it the way diffsim's Projectile does (root of the
   cubic Hermite interpolant of y over the step by 4 Newton iterations from the linear
@@ -18,7 +18,10 @@ Workloads (each implemented identically in the three tools, same float64 arithme
 
 How each peer is written (their idiomatic fast path on CPU): JAX jit-compiles
 value_and_grad of a lax.scan over the steps (vmap over the cannons; springs vectorised
-with .at[].add), without rematerialisation, so like diffsim it stores every step. Warp
+with .at[].add), without rematerialisation, so like diffsim it stores every step; the
+cannon's scan carries the landing step's end points and locates the landing once after
+it (with the event inside every step, as an earlier version of this file had it, JAX
+measured 5-150x slower: a weakened peer). Warp
 launches one kernel per step (cloth: springs with atomic adds, then masses) into per-step
 arrays and differentiates with wp.Tape (CUDA graph capture, which removes Warp's launch
 overhead, does not exist on CPU).
@@ -129,30 +132,33 @@ def cannon_jax(B, steps, repeats):
         return s
 
     def one(speed, angle):
+        # The scan carries the landing step's end points; the event (Hermite root by
+        # Newton, landing x) is computed once after it. A JAX user writes it this way:
+        # the same event inside every step (as diffsim's and Warp's kernels branch to
+        # it) made JAX's forward + backward 5x (B = 1,024) to 150x (B = 1) slower.
         def step(c, _):
-            px, py, vx, vy, live, lx = c
+            px, py, vx, vy, live, ev = c
             rx, ry = vx - WIND, vy
             sp = jnp.sqrt(rx * rx + ry * ry)
             nvx = vx + DT * (-DRAG * sp * rx)
             nvy = vy + DT * (-G - DRAG * sp * ry)
             nx, ny = px + DT * nvx, py + DT * nvy
             hit = live & (ny < 0.0)
-            # harmless inputs where there is no impact, so no inf/NaN reaches the
-            # gradient through the unselected branch of `where`
-            s = impact_fraction(where(hit, py, 1.0), where(hit, ny, -1.0),
-                                where(hit, DT * vy, -1.0), where(hit, DT * nvy, -1.0))
-            d3 = 2 * (px - nx) + DT * vx + DT * nvx
-            d2 = 3 * (nx - px) - 2 * DT * vx - DT * nvx
-            hx = ((d3 * s + d2) * s + DT * vx) * s + px
-            npx = where(hit, hx, nx); npy = where(hit, 0.0, ny)
-            nvx = where(hit, 0.0, nvx); nvy = where(hit, 0.0, nvy)
-            out = (where(live, npx, px), where(live, npy, py), where(live, nvx, vx),
-                   where(live, nvy, vy), live & ~hit, lx + where(hit, hx, 0.0))
-            return out, None
+            ev = where(hit, jnp.stack([px, py, vx, vy, nx, ny, nvx, nvy]), ev)
+            go = live & ~hit      # a landed cannon stops
+            return (where(go, nx, px), where(go, ny, py), where(go, nvx, vx),
+                    where(go, nvy, vy), go, ev), None
+        # harmless end points until a landing replaces them (no inf/NaN in the unselected
+        # branch of the final `where`, which the gradient also differentiates)
         c0 = (jnp.zeros(()), jnp.zeros(()), speed * jnp.cos(angle), speed * jnp.sin(angle),
-              jnp.array(True), jnp.zeros(()))
-        (px, _, _, _, live, lx), _ = jax.lax.scan(step, c0, None, length=steps)
-        land = lx + where(live, px, 0.0)
+              jnp.array(True), jnp.array([0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, -1.0]))
+        (px, _, _, _, live, ev), _ = jax.lax.scan(step, c0, None, length=steps)
+        x0, y0, vx0, vy0, x1, y1, vx1, vy1 = ev
+        s = impact_fraction(y0, y1, DT * vy0, DT * vy1)
+        d3 = 2 * (x0 - x1) + DT * vx0 + DT * vx1
+        d2 = 3 * (x1 - x0) - 2 * DT * vx0 - DT * vx1
+        hx = ((d3 * s + d2) * s + DT * vx0) * s + x0
+        land = where(live, px, hx)     # still flying at the horizon: lands where it is
         return 0.5 * (land - TARGET) ** 2
 
     def loss(speed, angle):
