@@ -175,6 +175,11 @@ class Kernels:
         sweep writes (forward mode turns each store into an addition to the dual).
     tangent_finish(*finish_args): the finish of a tangent sweep (default ``finish``; one
         without ndarray arguments, which do not compile in forward mode).
+    whole(*finish_args): optional, forward only: start, every piece of the schedule and
+        finish in one launch, leaving the same values (checkpoints included) as those
+        launches; the tape uses it for plain forward sweeps (no refinement, the default
+        segment arguments). Launch overhead (~20 µs each) is most of a small system's
+        forward pass. The reverse and tangent sweeps still use the separate kernels.
     """
     start: Callable[[], Any]
     segment: Any
@@ -190,6 +195,7 @@ class Kernels:
     dual_loss: Any = None
     clear_duals: Optional[Callable[[], Any]] = None
     tangent_finish: Optional[Callable[..., Any]] = None
+    whole: Optional[Callable[..., Any]] = None
 
 
 class Tape:
@@ -288,6 +294,11 @@ class Tape:
             k.prepare()
             if k.prepare_clears_grads:
                 self._grads_clean = True
+        if k.whole is not None and refine == 1 and segment_args is None and finish:
+            out = k.whole(*finish_args)
+            if accept:
+                self._accepted = self._version
+            return out
         k.start()
         seg, build = self._seg, segment_args or self._seg_args
         if refine == 1:

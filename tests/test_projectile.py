@@ -139,6 +139,33 @@ def test_segmented_horizon_equals_a_single_segment(monkeypatch):
     np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-10)
 
 
+def test_one_launch_forward_equals_the_launch_per_segment_sweep(monkeypatch):
+    """A plain forward pass is one launch (the tape's ``whole``: start, every segment and
+    the objective); it leaves bitwise the values and checkpoints of the launch-per-piece
+    sweep that the reverse and tangent sweeps build on (3D, bounces, 11 segments)."""
+    import diffsim.runtime as rt
+    monkeypatch.setattr(rt, "MAX_FUSED_STEPS", 37)
+    sim = Projectile(5, steps=400, dt=0.01, dims=3, bounces=2)
+    sim.set_inputs(speed=np.linspace(12, 30, 5), angle=np.linspace(0.3, 1.2, 5), azimuth=0.2,
+                   drag=0.002, wind_z=1.5, restitution=[0.0, 0.3, 0.5, 0.6, 0.7], gravity=G)
+    calls = []
+    whole = sim._tape.k.whole
+    monkeypatch.setattr(sim._tape.k, "whole", lambda *a: (calls.append(a), whole(*a))[1])
+    f = sim.forward("miss", strict=False)
+    assert len(calls) == 1 and len(sim.segs) == 11
+    one = [sim._res.copy()] + [x.to_numpy() for x in (*sim.state, sim.alive, sim.nbounce)]
+    g1 = sim.backward()
+    sim._tape.forward(sim._objective_args, segment_args=sim._tape._seg_args)  # per piece
+    assert len(calls) == 1
+    per = [sim._res.copy()] + [x.to_numpy() for x in (*sim.state, sim.alive, sim.nbounce)]
+    for a, b in zip(one, per):
+        np.testing.assert_array_equal(a, b)
+    assert f == sim._res[-2, 0] and sim.outputs()["bounces"].max() == 2
+    g2 = sim.backward()
+    for n in INPUTS:
+        np.testing.assert_array_equal(g1[n], g2[n])
+
+
 def test_large_batch_runs_in_one_launch_per_segment():
     sim = Projectile(16384, steps=450, dt=0.01)
     angles = np.linspace(0.1, 1.4, 16384)

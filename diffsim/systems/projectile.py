@@ -32,11 +32,13 @@ The time loop runs on :class:`diffsim.tape.Tape` with the Fused launch policy: f
 into one kernel launch per segment of at most ``runtime.MAX_FUSED_STEPS`` steps, over
 the batch; segment boundary states are stored, and the reverse pass runs the segments'
 gradient kernels backwards (``_make_tape`` lists the kernels in the tape's contract). Launch latency
-dominates small batches, so a forward pass is 2 + (segments) launches (start; segments;
-end, which also copies loss and outputs into a host buffer) and a backward pass the same
-count (end.grad; segments' grads; launch.grad; take_grad, which copies the gradients out
-and clears them for the next pass); batches of at most SERIAL_MAX_BATCH cannons run their
-batch loops serially (a parallel dispatch costs ~150 µs here, a serial one ~20-40 µs).
+dominates small batches, so a forward pass is one launch (``whole``: start, every segment
+and the objective, with the host copy of loss and outputs; 40 µs instead of 89 µs at
+B = 1, two segments) and the hand-written backward pass another; Taichi's reverse (the
+fallback) runs end.grad, the segments' grads, launch.grad and take_grad, which copies the
+gradients out and clears them for the next pass. Batches of at most SERIAL_MAX_BATCH
+cannons run their batch loops serially (a parallel dispatch costs ~150 µs here, a serial
+one ~20-40 µs).
 """
 
 import math
@@ -182,6 +184,8 @@ class Projectile(runtime.RuntimeBound):
         self.loss_b = ti.field(real, B, needs_dual=True)
         self._traj = None
         self._dummy = ti.Vector.field(3, real, (1, 1))
+        self._segf = ti.field(ti.i32, (K, 2))    # the schedule, for the one-launch forward
+        self._segf.from_numpy(np.asarray(self.segs, dtype=np.int32).reshape(K, 2))
         # Host copies: the inputs as last set (set_inputs is the only writer of inp), and
         # buffers that one kernel launch fills (ndarray arguments, no separate copy launch).
         self._inp_np = np.zeros((len(INPUTS), B))
@@ -211,7 +215,8 @@ class Projectile(runtime.RuntimeBound):
             segment_args=lambda p, s: (p.k, p.t0, p.n, dt / s.refine, dummy, False, dummy),
             start_grad=lambda: k["launch"].grad(), finish_grad=k["end"].grad,
             clear_grads=k["clear"], read_grads=lambda: take_grad(grad), read_resets_grads=True,
-            dual_loss=self.loss, clear_duals=k["clear_duals"], tangent_finish=k["end_tangent"]),
+            dual_loss=self.loss, clear_duals=k["clear_duals"], tangent_finish=k["end_tangent"],
+            whole=lambda kind, sign: k["whole"](kind, sign, len(self.segs), res)),
             self._policy, self.steps)
 
     @staticmethod
@@ -310,117 +315,122 @@ class Projectile(runtime.RuntimeBound):
                     out_f[j, b] = 0.0
                 launch_one(b)
 
-        @ti.kernel
-        def segment(k: ti.i32, t0: ti.i32, n: ti.i32, dt: ti.template(),
-                    traj: ti.template(), record: ti.template(), events: ti.template()):
+        @ti.func
+        def segment_one(b, k, t0, n, dt: ti.template(), traj: ti.template(),
+                        record: ti.template(), events: ti.template()):
             # record (forward only, trace/record_states): traj[t, b] = the 6 state
             # components at every step, events[j, b] = (global step index, fraction s,
             # state just before impact j (6), just after it (6); after a landing: at rest)
+            px, py, pz = S[0][k, b], S[1][k, b], S[2][k, b]
+            vx, vy, vz = S[3][k, b], S[4][k, b], S[5][k, b]
+            live, bounced = alive[k, b], nb[k, b]
+            g, kd, e = inp[I_GRAVITY, b], inp[I_DRAG, b], inp[I_RESTITUTION, b]
+            # one assignment each: Quadrants 1.3.3 gave a wind_z gradient 1/n of the
+            # truth when wz was set to 0 and then overwritten here (a mutable local
+            # read before the time loop; taichi-notes 33)
+            wx = inp[I_WIND_X, b]
+            wz = inp[I_WIND_Z, b] if ti.static(dims3) else 0.0
+            lx, lz, lt = 0.0, 0.0, 0.0
+            for i in range(n):
+                if live == 1:
+                    q = integrate(px, py, pz, vx, vy, vz, g, kd, wx, wz, dt)
+                    nx, ny, nz, nvx, nvy, nvz = q[0], q[1], q[2], q[3], q[4], q[5]
+                    if ny < 0.0:
+                        s = impact_fraction(py, ny, dt * vy, dt * nvy)
+                        hx = hermite(px, nx, dt * vx, dt * nvx, s)
+                        ix, iz = hx[0], pz
+                        # Impact velocity. RK4: the derivative of the same Hermite
+                        # cubic, O(dt³) (a linear blend of the end velocities is O(dt²)
+                        # and made bounced landings first-order). Euler methods: their
+                        # chord is not the cubic's, whose derivative then jumps in slope
+                        # when an impact crosses a step boundary (objective kinks
+                        # measured 10× the true slope), so the linear blend, first-
+                        # order like the method.
+                        ivx = vx + s * (nvx - vx)
+                        ivz = vz + s * (nvz - vz)
+                        if ti.static(integ == "rk4"):
+                            ivx = hx[1] / dt
+                        if ti.static(dims3):
+                            hz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                            iz = hz[0]
+                            if ti.static(integ == "rk4"):
+                                ivz = hz[1] / dt
+                        # e = 0 kills the vertical velocity: the ball never leaves
+                        # the ground again, so this impact is the landing (a bounce
+                        # with e = 0 would re-land at the next step's start, on the
+                        # time grid, with a wrong gradient).
+                        # bounces=0: a constant False, so the bounce branch and the
+                        # bounce counter vanish from the kernel (one autodiff stack less)
+                        bounce = (bounced < max_bounce and e > 0.0) if ti.static(max_bounce > 0) else False
+                        if bounce:
+                            # The rest of the step starts at the impact with the
+                            # reflected velocity, integrated by the same method, so
+                            # the state is continuous in the impact phase s (a
+                            # remainder without gravity gave a sawtooth objective).
+                            r = (1.0 - s) * dt
+                            ivy = vy + s * (nvy - vy)
+                            if ti.static(integ == "rk4"):
+                                ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                            q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
+                            if ti.static(record):
+                                events[bounced, b] = ti.Vector([
+                                    t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
+                                    ix, 0.0, iz, ivx, -e * ivy, ivz])
+                            bounced += 1
+                            # the state is assigned last: everything above reads the
+                            # step's start
+                            px, py, vx, vy = q2[0], ti.max(q2[1], 0.0), q2[3], q2[4]
+                            if ti.static(dims3):
+                                pz, vz = q2[2], q2[5]
+                        else:
+                            if ti.static(record):
+                                jvy = vy + s * (nvy - vy)
+                                if ti.static(integ == "rk4"):
+                                    jvy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                                events[bounced, b] = ti.Vector([
+                                    t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
+                                    ix, 0.0, iz, 0.0, 0.0, 0.0])
+                            lx, lt = ix, (t0 + i + s) * dt
+                            px, py, vx, vy = ix, 0.0, 0.0, 0.0
+                            if ti.static(dims3):
+                                lz = iz
+                                pz, vz = iz, 0.0
+                            live = 0
+                    else:
+                        # nx … nvz are assigned once per step (never overwritten by
+                        # the impact branch), so they need no autodiff stack of
+                        # their own: only the carried state does (taichi-notes 36)
+                        px, py, vx, vy = nx, ny, nvx, nvy
+                        if ti.static(dims3):
+                            # in 2D z and vz stay as launched (vz = 0, nz = pz
+                            # exactly): not carrying them saves two stacks more
+                            pz, vz = nz, nvz
+                if ti.static(record):
+                    traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
+            S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
+            S[3][k + 1, b], S[4][k + 1, b], S[5][k + 1, b] = vx, vy, vz
+            alive[k + 1, b], nb[k + 1, b] = live, bounced
+            out_f[O_LAND_X, b] += lx
+            out_f[O_LAND_Z, b] += lz
+            out_f[O_LAND_T, b] += lt
+
+        @ti.kernel
+        def segment(k: ti.i32, t0: ti.i32, n: ti.i32, dt: ti.template(),
+                    traj: ti.template(), record: ti.template(), events: ti.template()):
             ti.loop_config(serialize=serial)
             for b in range(B):
-                px, py, pz = S[0][k, b], S[1][k, b], S[2][k, b]
-                vx, vy, vz = S[3][k, b], S[4][k, b], S[5][k, b]
-                live, bounced = alive[k, b], nb[k, b]
-                g, kd, e = inp[I_GRAVITY, b], inp[I_DRAG, b], inp[I_RESTITUTION, b]
-                # one assignment each: Quadrants 1.3.3 gave a wind_z gradient 1/n of the
-                # truth when wz was set to 0 and then overwritten here (a mutable local
-                # read before the time loop; taichi-notes 33)
-                wx = inp[I_WIND_X, b]
-                wz = inp[I_WIND_Z, b] if ti.static(dims3) else 0.0
-                lx, lz, lt = 0.0, 0.0, 0.0
-                for i in range(n):
-                    if live == 1:
-                        q = integrate(px, py, pz, vx, vy, vz, g, kd, wx, wz, dt)
-                        nx, ny, nz, nvx, nvy, nvz = q[0], q[1], q[2], q[3], q[4], q[5]
-                        if ny < 0.0:
-                            s = impact_fraction(py, ny, dt * vy, dt * nvy)
-                            hx = hermite(px, nx, dt * vx, dt * nvx, s)
-                            ix, iz = hx[0], pz
-                            # Impact velocity. RK4: the derivative of the same Hermite
-                            # cubic, O(dt³) (a linear blend of the end velocities is O(dt²)
-                            # and made bounced landings first-order). Euler methods: their
-                            # chord is not the cubic's, whose derivative then jumps in slope
-                            # when an impact crosses a step boundary (objective kinks
-                            # measured 10× the true slope), so the linear blend, first-
-                            # order like the method.
-                            ivx = vx + s * (nvx - vx)
-                            ivz = vz + s * (nvz - vz)
-                            if ti.static(integ == "rk4"):
-                                ivx = hx[1] / dt
-                            if ti.static(dims3):
-                                hz = hermite(pz, nz, dt * vz, dt * nvz, s)
-                                iz = hz[0]
-                                if ti.static(integ == "rk4"):
-                                    ivz = hz[1] / dt
-                            # e = 0 kills the vertical velocity: the ball never leaves
-                            # the ground again, so this impact is the landing (a bounce
-                            # with e = 0 would re-land at the next step's start, on the
-                            # time grid, with a wrong gradient).
-                            # bounces=0: a constant False, so the bounce branch and the
-                            # bounce counter vanish from the kernel (one autodiff stack less)
-                            bounce = (bounced < max_bounce and e > 0.0) if ti.static(max_bounce > 0) else False
-                            if bounce:
-                                # The rest of the step starts at the impact with the
-                                # reflected velocity, integrated by the same method, so
-                                # the state is continuous in the impact phase s (a
-                                # remainder without gravity gave a sawtooth objective).
-                                r = (1.0 - s) * dt
-                                ivy = vy + s * (nvy - vy)
-                                if ti.static(integ == "rk4"):
-                                    ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
-                                q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
-                                if ti.static(record):
-                                    events[bounced, b] = ti.Vector([
-                                        t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
-                                        ix, 0.0, iz, ivx, -e * ivy, ivz])
-                                bounced += 1
-                                # the state is assigned last: everything above reads the
-                                # step's start
-                                px, py, vx, vy = q2[0], ti.max(q2[1], 0.0), q2[3], q2[4]
-                                if ti.static(dims3):
-                                    pz, vz = q2[2], q2[5]
-                            else:
-                                if ti.static(record):
-                                    jvy = vy + s * (nvy - vy)
-                                    if ti.static(integ == "rk4"):
-                                        jvy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
-                                    events[bounced, b] = ti.Vector([
-                                        t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
-                                        ix, 0.0, iz, 0.0, 0.0, 0.0])
-                                lx, lt = ix, (t0 + i + s) * dt
-                                px, py, vx, vy = ix, 0.0, 0.0, 0.0
-                                if ti.static(dims3):
-                                    lz = iz
-                                    pz, vz = iz, 0.0
-                                live = 0
-                        else:
-                            # nx … nvz are assigned once per step (never overwritten by
-                            # the impact branch), so they need no autodiff stack of
-                            # their own: only the carried state does (taichi-notes 36)
-                            px, py, vx, vy = nx, ny, nvx, nvy
-                            if ti.static(dims3):
-                                # in 2D z and vz stay as launched (vz = 0, nz = pz
-                                # exactly): not carrying them saves two stacks more
-                                pz, vz = nz, nvz
-                    if ti.static(record):
-                        traj[t0 + i + 1, b] = ti.Vector([px, py, pz, vx, vy, vz])
-                S[0][k + 1, b], S[1][k + 1, b], S[2][k + 1, b] = px, py, pz
-                S[3][k + 1, b], S[4][k + 1, b], S[5][k + 1, b] = vx, vy, vz
-                alive[k + 1, b], nb[k + 1, b] = live, bounced
-                out_f[O_LAND_X, b] += lx
-                out_f[O_LAND_Z, b] += lz
-                out_f[O_LAND_T, b] += lt
+                segment_one(b, k, t0, n, dt, traj, record, events)
 
         K = len(self.segs)
         t_end = self.steps * self.dt
 
         @ti.func
-        def finish_one(b):
+        def finish_one(b, kK):
             # A cannon still flying at the horizon "lands" where it is, at t_end; the
-            # summary flags it (landed = False).
-            if alive[K, b] == 1:
-                out_f[O_LAND_X, b] += S[0][K, b]
-                out_f[O_LAND_Z, b] += S[2][K, b]
+            # summary flags it (landed = False). kK: the last checkpoint slot (K).
+            if alive[kK, b] == 1:
+                out_f[O_LAND_X, b] += S[0][kK, b]
+                out_f[O_LAND_Z, b] += S[2][kK, b]
                 out_f[O_LAND_T, b] += t_end
 
         @ti.func
@@ -449,7 +459,7 @@ class Projectile(runtime.RuntimeBound):
             backward() (end.grad). Two top-level loops, reversed in order by autodiff."""
             ti.loop_config(serialize=serial)
             for b in range(B):
-                finish_one(b)
+                finish_one(b, K)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 objective_one(b, kind, sign)
@@ -461,20 +471,45 @@ class Projectile(runtime.RuntimeBound):
             each)."""
             ti.loop_config(serialize=serial)
             for b in range(B):
-                finish_one(b)
+                finish_one(b, K)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 res[R_TERM, b] = objective_one(b, kind, sign)
-                copy_one(b, res)
+                copy_one(b, res, K)
             res[R_LOSS, 0] = loss[None]
 
         @ti.func
-        def copy_one(b, res: ti.template()):
+        def copy_one(b, res: ti.template(), kK):
             # rows land_x, land_z, land_t, alive, bounces; res[R_LOSS, 0] = loss
             for j in ti.static(range(len(OUTPUTS))):
                 res[j, b] = out_f[j, b]
-            res[R_ALIVE, b] = ti.cast(alive[K, b], ti.f64)
-            res[R_BOUNCES, b] = ti.cast(nb[K, b], ti.f64)
+            res[R_ALIVE, b] = ti.cast(alive[kK, b], ti.f64)
+            res[R_BOUNCES, b] = ti.cast(nb[kK, b], ti.f64)
+
+        segf, dt_, dummy = self._segf, self.dt, self._dummy
+
+        @ti.kernel
+        def whole(kind: ti.i32, sign: ti.template(), kK: ti.i32,
+                  res: ti.types.ndarray(dtype=ti.f64, ndim=2)):
+            """Forward only: start, every segment and end_fwd in one launch, the same
+            values as those launches (the tape's ``whole``; launch overhead is most of a
+            small batch's forward pass). kK = K at run time: a field read at a constant
+            index after the segment loop wrote it at run-time indices is the stale-read
+            pattern of taichi-notes 42."""
+            loss[None] = 0.0
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                for j in ti.static(range(len(OUTPUTS))):
+                    out_f[j, b] = 0.0
+                launch_one(b)
+                for k in range(kK):
+                    segment_one(b, k, segf[k, 0], segf[k, 1], dt_, dummy, False, dummy)
+                finish_one(b, kK)
+            ti.loop_config(serialize=serial)
+            for b in range(B):
+                res[R_TERM, b] = objective_one(b, kind, sign)
+                copy_one(b, res, kK)
+            res[R_LOSS, 0] = loss[None]
 
         @ti.kernel
         def end_tangent(kind: ti.i32, sign: ti.template()):
@@ -483,7 +518,7 @@ class Projectile(runtime.RuntimeBound):
             does not compile in forward mode)."""
             ti.loop_config(serialize=serial)
             for b in range(B):
-                finish_one(b)
+                finish_one(b, K)
             ti.loop_config(serialize=serial)
             for b in range(B):
                 loss_b[b] = objective_one(b, kind, sign)
@@ -509,7 +544,7 @@ class Projectile(runtime.RuntimeBound):
             """Forward only: end_fwd's host copy, after a tangent sweep."""
             ti.loop_config(serialize=serial)
             for b in range(B):
-                copy_one(b, res)
+                copy_one(b, res, K)
                 res[R_TERM, b] = loss_b[b]
             res[R_LOSS, 0] = loss[None]
 
@@ -542,7 +577,7 @@ class Projectile(runtime.RuntimeBound):
                     g[j, b] = inp.grad[j, b]
                 clear_grads(b)
 
-        self._k = dict(launch=launch, start=start, segment=segment, end=end, end_fwd=end_fwd,
+        self._k = dict(launch=launch, start=start, segment=segment, end=end, end_fwd=end_fwd, whole=whole,
                        end_tangent=end_tangent, copy_out=copy_out,
                        clear_duals=clear_duals, clear=clear, take_grad=take_grad)
 
