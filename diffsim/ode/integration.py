@@ -92,8 +92,11 @@ class Integration(runtime.RuntimeBound):
         def pvec(b):
             return ti.Vector([P[b, j] for j in ti.static(range(m))])
 
+        from .. import backend
+        as_list = backend.name() == "quadrants"
+
         def pack(*a):
-            return ti.Vector(list(a[:n]))
+            return list(a[:n]) if as_list else ti.Vector(list(a[:n]))
 
         @ti.func
         def obs_term(b, jj, y):

@@ -35,9 +35,21 @@ def _comb(n, cs):
     def comb(y, h, ks):
         if not idx:
             return y
-        return _local(ti.Vector([_at(y, i) + h * sum([cs[j] * _at(ks[j], i) for j in idx])
-                                 for i in range(n)]))
+        vals = [_at(y, i) + h * sum([cs[j] * _at(ks[j], i) for j in idx]) for i in range(n)]
+        if _as_list():
+            return [_local(v) for v in vals]
+        return _local(ti.Vector(vals))
     return comb
+
+
+def _as_list():
+    """Whether states are handed to user functions as lists of scalars instead of
+    vectors: on Quadrants, whose reverse mode differentiates a vector built from the
+    loop-carried state wrongly (docs/taichi-notes.md 33; a list of the same scalars is
+    right). User functions index y componentwise, which both support."""
+    from .. import backend
+    return backend.name() == "quadrants"
+
 
 
 def _local(v):
@@ -279,7 +291,8 @@ class SecondOrderSolver(Solver):
         d = n // 2
 
         def accel(t, Q, V, p):
-            k = _local(f(t, ti.Vector(Q + V), p))
+            # Quadrants: the state as a list of scalars, not a vector (_as_list)
+            k = _local(f(t, (Q + V) if _as_list() else ti.Vector(Q + V), p))
             return [_at(k, d + i) for i in range(d)]
 
         def advance(t, y, p, h):
@@ -287,10 +300,15 @@ class SecondOrderSolver(Solver):
             dq, v1 = tab.step(accel, t, q, v, h, (p,))
             return [q[i] + dq[i] for i in range(d)] + v1
 
-        @ti.func
-        def step(t, y, p, h):
-            # ti.static: a trace-time call (builds the tableau's expressions), not a warning
-            return ti.Vector(ti.static(advance(t, y, p, h)))
+        # ti.static: a trace-time call (builds the tableau's expressions), not a warning
+        if _as_list():
+            @ti.func
+            def step(t, y, p, h):
+                return ti.static(advance(t, y, p, h))
+        else:
+            @ti.func
+            def step(t, y, p, h):
+                return ti.Vector(ti.static(advance(t, y, p, h)))
         return step
 
 
