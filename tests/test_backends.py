@@ -74,45 +74,56 @@ def test_cli_backend_flag_gives_the_same_gradient_on_both():
     assert q["grad"]["angle"] == pytest.approx(t["grad"]["angle"], rel=1e-9)
 
 
-def test_refused_paths(runtime):
-    """Quadrants 1.3.3 gets these gradients wrong (taichi-notes 33): diffsim refuses them
-    there with a message naming the backend; on Taichi they run. The cannon's bounce is
-    differentiated by the hand-written adjoint on both (FD-checked); only Quadrants' own
-    autodiff through it is refused."""
-    from diffsim.ode import Euler, solve
+def test_paths_once_refused_on_quadrants_are_right_on_both(runtime):
+    """Quadrants 1.3.3 differentiates a vector built from a loop's carried scalars wrongly
+    (taichi-notes 33); diffsim's kernels now avoid the pattern, so on both backends: an
+    explicit ODE solver's gradient equals central differences, Quadrants' (or Taichi's)
+    own autodiff through a cannon's bounce and the cannon's forward mode equal the
+    hand-written adjoint. An rhs that computes with a vector of y's components is still
+    wrong on Quadrants: refused there by solve()'s check, with both vectors; right on
+    Taichi."""
+    from diffsim.backend import ti
+    from diffsim.ode import ODE, Euler, solve
     from diffsim.ode.systems import SYSTEMS
-    from diffsim.systems.projectile import Projectile
-    sim = Projectile(1, steps=300, dt=0.01, bounces=1, integrator="semi_implicit_euler")
-    sim.set_inputs(speed=12.0, angle=0.4, restitution=0.5)
-    sim.forward("range")
-    assert sim.outputs()["bounces"][0] == 1
-    kw = dict(solver=Euler(), dt=0.01, gradient="discrete")
-    lv = SYSTEMS["lotka_volterra"]
-    flat = Projectile(1, steps=300, dt=0.01)          # no bounce: forward mode's own limit
-    flat.set_inputs(speed=12.0, angle=0.4)
     from diffsim.systems import projectile_reverse
-    # through the bounce: the hand-written adjoint on either backend, against central
-    # differences of the range (d range / d speed: ~1.6 s per m/s)
-    g = sim.backward()["speed"][0]
+    from diffsim.systems.projectile import Projectile
+    kw = dict(solver=Euler(), dt=0.01, saveat=[0.2], data=[[0.5, 0.5]])
+    lv = SYSTEMS["lotka_volterra"]
+    d = solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], gradient="discrete", **kw)
+    f = solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], gradient="fd", **kw)
+    np.testing.assert_allclose(d.grad_params, f.grad_params, rtol=1e-6)
+    assert np.abs(f.grad_params).max() > 0.01
 
-    def rng(v):
-        sim.set_inputs(speed=v)
-        return sim.forward("range")
-    fd = (rng(12.0 + 1e-6) - rng(12.0 - 1e-6)) / 2e-6
-    assert g == pytest.approx(fd, rel=1e-6, abs=1e-9)
-    rng(12.0)                # the forward pass at the point again
+    sim = Projectile(3, steps=300, dt=0.01, bounces=1, dims=3, integrator="rk4")
+    sim.set_inputs(speed=[12.0, 9.0, 14.0], angle=0.4, restitution=[0.5, 0.3, 0.0],
+                   drag=0.01, wind_z=1.0)
+    sim.forward("range")
+    assert sim.outputs()["bounces"].tolist() == [1, 1, 0]
+    hand = sim.backward()
     projectile_reverse.use(sim, False)
+    try:
+        sim.forward("range")
+        ad = sim.backward()       # the backend's own reverse mode through the bounce
+    finally:
+        projectile_reverse.use(sim, True)
+    _, fwd = sim.forward_tangent(["speed", "angle", "restitution", "wind_z"], "range")
+    for n in ("speed", "angle", "restitution", "wind_z"):
+        np.testing.assert_allclose(ad[n], hand[n], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fwd[n], hand[n], rtol=1e-10, atol=1e-12)
+
+    @ti.func
+    def vector_rhs(t, y, p):        # A @ (a vector of y's components)
+        return ti.Matrix([[0.0, 1.0], [-p[0], 0.0]]) @ ti.Vector([y[0], y[1]])
+    ode = ODE(vector_rhs, 2, 1, name="vector_rhs")
+    kw = dict(solver=Euler(), dt=0.01, saveat=[1.0], data=[[0.1, 0.2]])
     if runtime.backend == "quadrants":
-        with pytest.raises(DiffsimError, match="bounce.*quadrants backend"):
-            sim.backward()    # Quadrants' own autodiff through the bounce: refused
-        with pytest.raises(DiffsimError, match="quadrants backend"):
-            solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], **kw)
-        with pytest.raises(DiffsimError, match="forward mode.*quadrants backend"):
-            flat.forward_tangent(["angle"], "range")
+        with pytest.raises(DiffsimError, match="quadrants backend.*vector_rhs.*wrong.*central "
+                                               "differences.*--backend taichi"):
+            solve(ode, (0, 1), [1.0, 0.5], [0.7], gradient="discrete", **kw)
     else:
-        assert np.isfinite(sim.backward()["angle"][0])
-        assert np.isfinite(flat.forward_tangent(["angle"], "range")[1]["angle"][0])
-        assert np.isfinite(solve(lv, (0, 0.2), [1, 1], [1.5, 1, 3, 1], **kw).grad_params).all()
+        d = solve(ode, (0, 1), [1.0, 0.5], [0.7], gradient="discrete", **kw)
+        f = solve(ode, (0, 1), [1.0, 0.5], [0.7], gradient="fd", **kw)
+        np.testing.assert_allclose(d.grad_params, f.grad_params, rtol=1e-6)
 
 
 def test_gradient_tests_pass_on_quadrants():

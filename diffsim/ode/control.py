@@ -43,7 +43,7 @@ from ..backend import ti
 from ..errors import DiffsimError
 from .gradients import jacobians
 from .solve import solve
-from .solvers import RK4, _local
+from .solvers import RK4, _at, _local, state_as_list
 from .system import MAX_STATE, ODE
 
 #: most knots per control (each is an ODE parameter unrolled into the right-hand side:
@@ -155,9 +155,18 @@ class Transcription:
         def phys(q):
             return ti.Vector([q[j] for j in ti.static(range(mp))])
 
+        as_list = state_as_list()
+
+        def state(y):
+            # trace time: the physical state, a list of scalars on Quadrants (a vector of
+            # the state's components computed with is differentiated wrongly there,
+            # solvers.state_as_list), else a vector
+            x = [_at(y, c) for c in range(n)]
+            return x if as_list else ti.Vector(x)
+
         @ti.func
         def rhs(t, y, q):
-            x = ti.Vector([y[c] for c in ti.static(range(n))])
+            x = state(y)
             u = controls(t, q)
             p = phys(q)
             fx = _local(f(t, x, u, p))

@@ -28,6 +28,7 @@ from ..backend import ti
 
 from .. import runtime, tape
 from ..errors import DiffsimError
+from .solvers import state_as_list
 
 
 #: steps of the grid held in the H/T/OBS fields at once; longer grids are uploaded one
@@ -92,10 +93,10 @@ class Integration(runtime.RuntimeBound):
         def pvec(b):
             return ti.Vector([P[b, j] for j in ti.static(range(m))])
 
-        from .. import backend
-        as_list = backend.name() == "quadrants"
+        as_list = state_as_list()
 
         def pack(*a):
+            # Quadrants: a list of the carried scalars, not a vector (solvers.state_as_list)
             return list(a[:n]) if as_list else ti.Vector(list(a[:n]))
 
         @ti.func

@@ -36,13 +36,13 @@ def _comb(n, cs):
         if not idx:
             return y
         vals = [_at(y, i) + h * sum([cs[j] * _at(ks[j], i) for j in idx]) for i in range(n)]
-        if _as_list():
+        if state_as_list():
             return [_local(v) for v in vals]
         return _local(ti.Vector(vals))
     return comb
 
 
-def _as_list():
+def state_as_list():
     """Whether states are handed to user functions as lists of scalars instead of
     vectors: on Quadrants, whose reverse mode differentiates a vector built from the
     loop-carried state wrongly (docs/taichi-notes.md 33; a list of the same scalars is
@@ -55,6 +55,13 @@ def _as_list():
 def _local(v):
     """Store a Taichi expression in a new local variable (what `x = expr` does in a kernel)."""
     return _impl.expr_init(v)
+
+
+def stored(*vals):
+    """Trace-time: each value stored in a new local variable (what ``x = expr`` does in a
+    kernel), as a tuple; for builders called inside ``ti.static(...)`` that hand scalars
+    back instead of a vector."""
+    return tuple(_local(v) for v in vals)
 
 
 def _at(v, i):
@@ -291,8 +298,8 @@ class SecondOrderSolver(Solver):
         d = n // 2
 
         def accel(t, Q, V, p):
-            # Quadrants: the state as a list of scalars, not a vector (_as_list)
-            k = _local(f(t, (Q + V) if _as_list() else ti.Vector(Q + V), p))
+            # Quadrants: the state as a list of scalars, not a vector (state_as_list)
+            k = _local(f(t, (Q + V) if state_as_list() else ti.Vector(Q + V), p))
             return [_at(k, d + i) for i in range(d)]
 
         def advance(t, y, p, h):
@@ -301,7 +308,7 @@ class SecondOrderSolver(Solver):
             return [q[i] + dq[i] for i in range(d)] + v1
 
         # ti.static: a trace-time call (builds the tableau's expressions), not a warning
-        if _as_list():
+        if state_as_list():
             @ti.func
             def step(t, y, p, h):
                 return ti.static(advance(t, y, p, h))

@@ -86,6 +86,9 @@ class ODE:
                     f"with --backend {other} (DIFFSIM_BACKEND={other})")
             if fn is not None:
                 _probe(self, what, fn, want)
+                from .solvers import state_as_list
+                if what in ("rhs", "running") and state_as_list():
+                    _probe(self, what, fn, want, as_list=True)
         self._cache["checked"] = gen
 
 
@@ -94,7 +97,7 @@ def _fname(fn):
     return getattr(f, "__qualname__", getattr(f, "__name__", repr(fn)))
 
 
-def _probe(ode, what, fn, want):
+def _probe(ode, what, fn, want, as_list=False):
     from ..backend import expr_class, lang_impl, ti
     impl, Expr = lang_impl(), expr_class()
     from .solvers import quiet_trace
@@ -122,6 +125,8 @@ def _probe(ode, what, fn, want):
     @ti.kernel
     def probe():
         y = ti.Vector([0.5 + 0.1 * c for c in ti.static(range(n))])
+        if ti.static(as_list):
+            y = ti.static([0.5 + 0.1 * c for c in range(n)])
         p = ti.Vector([1.0 + 0.1 * j for j in ti.static(range(m))])
         if ti.static(what == "rhs" or what == "running"):
             record(fn(0.0, y, p))
@@ -147,6 +152,13 @@ def _probe(ode, what, fn, want):
             f"{name} uses index {i} of a vector with {size} components; y has n_state = {n} "
             f"components (y[0]..y[{n - 1}]) and p has n_params = {m} (p[0]..p[{m - 1}]): "
             "fix the index or the sizes given to ODE(...)")
+    if err is not None and as_list:
+        raise DiffsimError(
+            f"{name} does not compile with y as a list of scalars, which is how the quadrants "
+            "backend passes the state to it (Quadrants 1.3.3 differentiates a vector built "
+            "from the loop-carried state wrongly; docs/taichi-notes.md 33): index y "
+            "componentwise (y[0], y[1], ...) instead of using vector operations on it, or "
+            f"run with --backend taichi. ({type(err).__name__}: {str(err).strip()[:200]})") from None
     if err is not None:
         raise DiffsimError(f"{name} does not compile as a Taichi function: "
                            f"{type(err).__name__}: {str(err).strip()[:400]}") from None

@@ -48,7 +48,7 @@ from ..backend import ti
 
 from .. import runtime, tape
 from ..errors import DiffsimError, SimulationError
-from ..ode.solvers import make_solver
+from ..ode.solvers import make_solver, stored
 from ..tape import tangent_mode  # noqa: F401  (its home was here; mass_spring imported it)
 
 #: the cannon's integrators: solvers of the registry (diffsim.ode.solvers.SOLVERS), whose
@@ -105,15 +105,20 @@ def step_functions(integrator):
     tab = make_solver(integrator).partitioned   # the registry's method, as a tableau
 
     def accel_of(t, q, v, g, k, wx, wz):   # trace time: the tableau's a(t, q, v)
-        return accel(v[0], v[1], v[2], g, k, wx, wz)
+        rx, ry, rz = stored(v[0] - wx, v[1], v[2] - wz)
+        sp = stored(ti.sqrt(rx * rx + ry * ry + rz * rz))[0]
+        return list(stored(-k * sp * rx, -g - k * sp * ry, -k * sp * rz))
+
+    def step(vx, vy, vz, g, k, wx, wz, h):
+        # trace time; position-free (q = None): the dynamics are translation-invariant
+        dq, v1 = tab.step(accel_of, None, None, [vx, vy, vz], h, (g, k, wx, wz))
+        return tuple(dq + v1)
 
     @ti.func
     def advance(vx, vy, vz, g, k, wx, wz, h):
-        # position-free (q = None): the cannon's dynamics are translation-invariant
-        dq, v1 = ti.static(tab.step(accel_of, None, None, [vx, vy, vz], h, (g, k, wx, wz)))
-        return ti.Vector(dq + v1)
+        return ti.Vector(ti.static(step(vx, vy, vz, g, k, wx, wz, h)))
 
-    return accel, advance, tab
+    return accel, advance, tab, step
 
 
 class Projectile(runtime.RuntimeBound):
@@ -239,13 +244,14 @@ class Projectile(runtime.RuntimeBound):
         B = self.B
         serial = self.serial
 
-        accel, advance, _ = step_functions(integ)
+        accel, advance, _, step = step_functions(integ)
 
-        @ti.func
         def integrate(px, py, pz, vx, vy, vz, g, k, wx, wz, dt):
-            """One step; returns (x, y, z, vx, vy, vz) at the end of it."""
-            st = advance(vx, vy, vz, g, k, wx, wz, dt)
-            return ti.Vector([px + st[0], py + st[1], pz + st[2], st[3], st[4], st[5]])
+            """Trace time (call in ti.static): one step; (x, y, z, vx, vy, vz) at its end,
+            as stored scalars (not a vector from a ti.func, whose subscripts Quadrants'
+            forward mode fails to compile: taichi-notes 43)."""
+            st = step(vx, vy, vz, g, k, wx, wz, dt)
+            return stored(px + st[0], py + st[1], pz + st[2], st[3], st[4], st[5])
 
         @ti.func
         def impact_fraction(y0, y1, m0, m1):
@@ -274,13 +280,12 @@ class Projectile(runtime.RuntimeBound):
                 s = ti.min(ti.max(s - f / df, 0.0), 1.0)
             return s
 
-        @ti.func
         def hermite(x0, x1, m0, m1, s):
-            """Cubic Hermite through (x0, slope m0) at s=0 and (x1, m1) at s=1: its value
-            and d/ds (divide by dt for a rate per second)."""
-            d3 = 2 * (x0 - x1) + m0 + m1
-            d2 = 3 * (x1 - x0) - 2 * m0 - m1
-            return ti.Vector([((d3 * s + d2) * s + m0) * s + x0, (3 * d3 * s + 2 * d2) * s + m0])
+            """Trace time (call in ti.static): the cubic Hermite through (x0, slope m0) at
+            s=0 and (x1, m1) at s=1: its value and d/ds (divide by dt for a rate per
+            second), stored scalars (taichi-notes 43)."""
+            d3, d2 = stored(2 * (x0 - x1) + m0 + m1, 3 * (x1 - x0) - 2 * m0 - m1)
+            return stored(((d3 * s + d2) * s + m0) * s + x0, (3 * d3 * s + 2 * d2) * s + m0)
 
         @ti.func
         def launch_one(b):
@@ -333,11 +338,10 @@ class Projectile(runtime.RuntimeBound):
             lx, lz, lt = 0.0, 0.0, 0.0
             for i in range(n):
                 if live == 1:
-                    q = integrate(px, py, pz, vx, vy, vz, g, kd, wx, wz, dt)
-                    nx, ny, nz, nvx, nvy, nvz = q[0], q[1], q[2], q[3], q[4], q[5]
+                    nx, ny, nz, nvx, nvy, nvz = ti.static(integrate(px, py, pz, vx, vy, vz, g, kd, wx, wz, dt))
                     if ny < 0.0:
                         s = impact_fraction(py, ny, dt * vy, dt * nvy)
-                        hx = hermite(px, nx, dt * vx, dt * nvx, s)
+                        hx = ti.static(hermite(px, nx, dt * vx, dt * nvx, s))
                         ix, iz = hx[0], pz
                         # Impact velocity. RK4: the derivative of the same Hermite
                         # cubic, O(dt³) (a linear blend of the end velocities is O(dt²)
@@ -351,7 +355,7 @@ class Projectile(runtime.RuntimeBound):
                         if ti.static(integ == "rk4"):
                             ivx = hx[1] / dt
                         if ti.static(dims3):
-                            hz = hermite(pz, nz, dt * vz, dt * nvz, s)
+                            hz = ti.static(hermite(pz, nz, dt * vz, dt * nvz, s))
                             iz = hz[0]
                             if ti.static(integ == "rk4"):
                                 ivz = hz[1] / dt
@@ -370,8 +374,8 @@ class Projectile(runtime.RuntimeBound):
                             r = (1.0 - s) * dt
                             ivy = vy + s * (nvy - vy)
                             if ti.static(integ == "rk4"):
-                                ivy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
-                            q2 = integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r)
+                                ivy = ti.static(hermite(py, ny, dt * vy, dt * nvy, s))[1] / dt
+                            q2 = ti.static(integrate(ix, 0.0, iz, ivx, -e * ivy, ivz, g, kd, wx, wz, r))
                             if ti.static(record):
                                 events[bounced, b] = ti.Vector([
                                     t0 + i, s, ix, 0.0, iz, ivx, ivy, ivz,
@@ -386,7 +390,7 @@ class Projectile(runtime.RuntimeBound):
                             if ti.static(record):
                                 jvy = vy + s * (nvy - vy)
                                 if ti.static(integ == "rk4"):
-                                    jvy = hermite(py, ny, dt * vy, dt * nvy, s)[1] / dt
+                                    jvy = ti.static(hermite(py, ny, dt * vy, dt * nvy, s))[1] / dt
                                 events[bounced, b] = ti.Vector([
                                     t0 + i, s, ix, 0.0, iz, ivx, jvy, ivz,
                                     ix, 0.0, iz, 0.0, 0.0, 0.0])
@@ -730,13 +734,6 @@ class Projectile(runtime.RuntimeBound):
         g = projectile_reverse.backward(self)
         if g is not None:
             return g
-        if self._runtime.backend == "quadrants" and self.outputs()["bounces"].any():
-            raise DiffsimError(
-                "gradients through a bounce need the hand-written adjoint on the quadrants "
-                f"backend ({projectile_reverse.reason_not_used(self)}): Quadrants 1.3.3's "
-                "autodiff differentiates the bounce wrongly (measured 0.1-17 % off central "
-                "differences; taichi-notes 33). Run with --backend taichi (or "
-                "DIFFSIM_BACKEND=taichi), or set restitution = 0")
         # Gradients are zero and loss.grad = 1 here: the constructor and every completed
         # backward() leave them so (take_grad), which saves a clearing launch per call; the
         # tape clears first after a backward that did not complete (Ctrl-C, an error).
@@ -759,14 +756,6 @@ class Projectile(runtime.RuntimeBound):
         dt/factor (no autodiff stack in forward mode, so finer steps need no new segments;
         step-doubling error estimates use factor=2)."""
         self._check_runtime()
-        if self._runtime.backend == "quadrants":
-            # measured: Quadrants 1.3.3 fails to compile the fused cannon loop in forward
-            # mode (statements.cpp UnaryOpStmt: !operand->is<AllocaStmt>()), a crash
-            raise DiffsimError(
-                "forward mode (--method forward) for the cannon is not available on the "
-                "quadrants backend: Quadrants 1.3.3 cannot compile its fused time loop in "
-                "forward mode (taichi-notes 33). Use --method discrete (the same gradient), "
-                "or --backend taichi")
         if objective not in OBJECTIVES:
             raise DiffsimError(f"objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
         bad = [n for n in inputs if n not in INPUTS]

@@ -195,7 +195,7 @@ def _compile(sim, rev, G, NS, NG, C):
 
     # the forward kernels' own step (same operations, so the recomputed states and
     # events are the forward pass's bit for bit)
-    accel, advance, tab = P.step_functions(integ)
+    accel, advance, tab, _ = P.step_functions(integ)
 
     @ti.func
     def accel_adjoint(ux, uy, uz, ax, ay, az, k, wx, wz):
