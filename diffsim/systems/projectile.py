@@ -309,16 +309,21 @@ class Projectile(runtime.RuntimeBound):
             for b in range(B):
                 launch_one(b)
 
+        @ti.func
+        def start_one(b):
+            # zero the outputs (a forward pass accumulates into them), the initial state
+            for j in ti.static(range(len(OUTPUTS))):
+                out_f[j, b] = 0.0
+            launch_one(b)
+
         @ti.kernel
         def start():
-            """Forward only: zero the loss and the outputs (a forward pass accumulates into
-            them) and set the initial state, in one launch."""
+            """Forward only: zero the loss and the outputs and set the initial state, in
+            one launch."""
             loss[None] = 0.0
             ti.loop_config(serialize=serial)
             for b in range(B):
-                for j in ti.static(range(len(OUTPUTS))):
-                    out_f[j, b] = 0.0
-                launch_one(b)
+                start_one(b)
 
         @ti.func
         def segment_one(b, k, t0, n, dt: ti.template(), traj: ti.template(),
@@ -478,9 +483,14 @@ class Projectile(runtime.RuntimeBound):
                 finish_one(b, K)
             ti.loop_config(serialize=serial)
             for b in range(B):
-                res[R_TERM, b] = objective_one(b, kind, sign)
-                copy_one(b, res, K)
+                report_one(b, kind, sign, res, K)
             res[R_LOSS, 0] = loss[None]
+
+        @ti.func
+        def report_one(b, kind, sign, res: ti.template(), kK):
+            # cannon b's objective term into loss (and its row R_TERM), outputs to host
+            res[R_TERM, b] = objective_one(b, kind, sign)
+            copy_one(b, res, kK)
 
         @ti.func
         def copy_one(b, res: ti.template(), kK):
@@ -503,16 +513,13 @@ class Projectile(runtime.RuntimeBound):
             loss[None] = 0.0
             ti.loop_config(serialize=serial)
             for b in range(B):
-                for j in ti.static(range(len(OUTPUTS))):
-                    out_f[j, b] = 0.0
-                launch_one(b)
+                start_one(b)
                 for k in range(kK):
                     segment_one(b, k, segf[k, 0], segf[k, 1], dt_, dummy, False, dummy)
                 finish_one(b, kK)
             ti.loop_config(serialize=serial)
             for b in range(B):
-                res[R_TERM, b] = objective_one(b, kind, sign)
-                copy_one(b, res, kK)
+                report_one(b, kind, sign, res, kK)
             res[R_LOSS, 0] = loss[None]
 
         @ti.kernel
