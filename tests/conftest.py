@@ -13,9 +13,10 @@ os.environ.setdefault("QD_LOG_LEVEL", "warn")
 #: ``gradient`` here (not in each file) and run again with DIFFSIM_BACKEND=quadrants by
 #: tests/test_backends.py. A node id prefix per entry; each must match a collected test
 #: when that file is collected (a renamed test fails the session instead of dropping out).
-#: Not listed, on purpose: tests through projectile bounces (the cannon_bounce scene,
-#: bouncy fixtures) and explicit ODE solver gradients, which Quadrants 1.3.3 gets wrong
-#: and diffsim refuses there (test_backends.py::test_refused_paths checks the refusals).
+#: Since diffsim's kernels avoid the pattern Quadrants 1.3.3 differentiates wrongly
+#: (taichi-notes 33), bounces, forward mode and the explicit ODE solvers are listed too;
+#: test_backends.py::test_paths_once_refused_on_quadrants_are_right_on_both checks the
+#: once-refused paths and the one refusal left (an rhs computing with a vector of y).
 GRADIENT_TESTS = (
     "test_projectile.py::test_range_and_gradients_match_vacuum_closed_form",
     "test_projectile.py::test_3d_gradients_including_azimuth_and_cross_wind",
