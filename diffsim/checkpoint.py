@@ -104,15 +104,21 @@ def _numbers(v, key, path) -> list[float]:
     raise DiffsimError(f"{path}: '{key}' must be a list of numbers")
 
 
-def load_checkpoint(path, names: list[str]) -> dict:
+def load_checkpoint(path, names: list[str] | None) -> dict:
     """Read and validate an optimisation checkpoint written by :func:`diffsim.optim.minimize`
     for a problem whose parameters are ``names``. Returns a dict with x, best_x (arrays),
-    best_f (float), iterations (int), history (dict of lists), optimizer (dict or None)."""
+    best_f (float), iterations (int), history (dict of lists), optimizer (dict or None).
+    ``names=None``: the file's own parameter names (a list of strings) are taken, so a file
+    can be checked before the problem it belongs to is built (the CLI's --resume does)."""
     d = read_json(path, "checkpoint")
     if d.get("version") != VERSION:
         raise DiffsimError(f"{path}: checkpoint version {d.get('version')!r} is not {VERSION}; "
                            "use a fresh --out")
     got = d.get("names")
+    if names is None:
+        if not (isinstance(got, list) and all(isinstance(e, str) for e in got)):
+            raise DiffsimError(f"{path}: 'names' must be a list of parameter names; use a fresh --out")
+        names = got
     if got != list(names):
         n_got = len(got) if isinstance(got, list) else "?"
         raise DiffsimError(f"{path}: the checkpoint holds {n_got} parameters that do not match "

@@ -41,12 +41,16 @@ def _out_dir(args, name):
     return p
 
 
-def _problem(args, **kw):
+def _problem(args, before_build=None, **kw):
+    """(scene, problem) of ``args.scene``; ``before_build(scene)`` runs after the scene is
+    validated and before anything is compiled (cheap checks of other inputs first)."""
     from . import runtime
     # Load (and validate) before Taichi starts: its init turns on flush-to-zero, after
     # which Python reads 5e-324 as 0.0 and a message would quote the wrong value.
     sc = scene_mod.load(args.scene, args.set)
     args.scene_path = sc.path
+    if before_build is not None:
+        before_build(sc)
     runtime.init(arch=args.arch, precision=args.precision, backend=getattr(args, "backend", None))
     return sc, scene_mod.build(sc, **kw)
 
@@ -142,8 +146,21 @@ def _finish_optimization(args, pb, report, out_dir, verb="optimize", text=None):
     return 0
 
 
+def _check_resume(args):
+    """--resume: a present checkpoint is read and validated (all but its parameter names
+    against the scene's) before the scene is built, so a broken file is refused at once."""
+    def check(sc):
+        if args.resume:
+            from .checkpoint import load_checkpoint
+            from .task import checkpoint_path
+            path = checkpoint_path(_out_dir(args, sc.name))
+            if path.exists():
+                load_checkpoint(path, None)
+    return check
+
+
 def cmd_optimize(args):
-    sc, pb = _problem(args)
+    sc, pb = _problem(args, before_build=_check_resume(args))
     out_dir = _out_dir(args, sc.name)
     try:
         report = pb.run_optimization(iterations=args.iterations, method=args.method,

@@ -442,15 +442,23 @@ def mutate_checkpoint(text: str, m) -> str:
 @given(m=_mutations())
 def test_load_checkpoint_of_corrupted_files(checkpoint_dir, tmp_path, m):
     """Any corruption of a real checkpoint: load_checkpoint returns finite vectors of the
-    right length, or raises DiffsimError naming the file."""
+    right length, or raises DiffsimError naming the file. The CLI's early check (names
+    None: the file's own names) accepts no file that the full check refuses for anything
+    but a names mismatch."""
     text = (checkpoint_dir / "checkpoint.json").read_text()
     names = json.loads(text)["names"]
     path = tmp_path / "checkpoint.json"
     path.write_text(mutate_checkpoint(text, m))
     try:
+        early = load_checkpoint(path, None)
+    except DiffsimError as e:
+        assert_names_file(e, path)
+        early = None
+    try:
         got = load_checkpoint(path, names)
     except DiffsimError as e:
         assert_names_file(e, path)
+        assert early is None or early["x"].shape != (len(names),) or "do not match" in str(e), (m, e)
         return
     for k in ("x", "best_x"):
         assert got[k].shape == (len(names),) and np.all(np.isfinite(got[k])), (m, k, got[k])
