@@ -145,14 +145,18 @@ def load_checkpoint(path, names: list[str] | None) -> dict:
         if not (isinstance(xs, list) and len(xs) == len(hist.get("loss", []))):
             raise DiffsimError(f"{path}: 'history.x' must have one entry per iteration")
         xs = [_vector({"x": v}, "x", n, path, allow_nan=True) for v in xs]
+    scale = None
+    if d.get("scale") is not None:
+        scale = _vector(d, "scale", len(d["scale"]) if isinstance(d["scale"], list) else -1, path)
+        if not np.all(scale > 0):
+            raise DiffsimError(f"{path}: 'scale' must hold positive numbers (the optimiser's "
+                               "parameter scales); use a fresh --out")
     return {"x": _vector(d, "x", n, path), "best_x": _vector(d, "best_x", n, path),
             "best_f": float(best_f), "iterations": it, "optimizer": opt,
             "history": {"loss": _numbers(hist.get("loss", []), "history.loss", path),
                         "grad_norm": _numbers(hist.get("grad_norm", []), "history.grad_norm", path),
                         "x": xs},
-            "status": d.get("status"),
-            "scale": None if d.get("scale") is None else
-            _vector(d, "scale", len(d["scale"]) if isinstance(d["scale"], list) else -1, path)}
+            "status": d.get("status"), "scale": scale}
 
 
 def save_params(path, problem, objective=None, extra=None) -> pathlib.Path:

@@ -438,6 +438,17 @@ def mutate_checkpoint(text: str, m) -> str:
     return json.dumps(d)   # NaN/inf become the non-standard NaN/Infinity tokens: also hostile
 
 
+def test_checkpoint_scale_must_be_positive(checkpoint_dir, tmp_path):
+    """Found by the search below: a negative parameter scale passed load_checkpoint."""
+    d = json.loads((checkpoint_dir / "checkpoint.json").read_text())
+    d["scale"] = [-1.0] + [1.0] * (len(d["x"]) - 1)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(d))
+    for names in (d["names"], None):
+        with pytest.raises(DiffsimError, match="'scale' must hold positive"):
+            load_checkpoint(path, names)
+
+
 @FAST
 @given(m=_mutations())
 def test_load_checkpoint_of_corrupted_files(checkpoint_dir, tmp_path, m):
@@ -658,6 +669,7 @@ CORRUPT_CHECKPOINTS = {
         {**d, "optimizer": {"t": 1, "m": [[0.0]] * len(d["x"]), "v": [["a"]] * len(d["x"])}}),
     "adam_state_t_negative": lambda d, t: json.dumps({**d, "optimizer": {"t": -3, "m": None, "v": None}}),
     "history_strings": lambda d, t: json.dumps({**d, "history": {"loss": ["a"], "grad_norm": [1.0]}}),
+    "scale_negative": lambda d, t: json.dumps({**d, "scale": [-1.0] + [1.0] * (len(d["x"]) - 1)}),
     "names_nested": lambda d, t: json.dumps({**d, "names": [[n] for n in d["names"]]}),
 }
 
