@@ -36,6 +36,7 @@ GRADIENT_TESTS = (
     "test_hessian.py::test_cannon_hessian_matches_the_vacuum_closed_form",
     "test_backends.py::test_paths_once_refused_on_quadrants_are_right_on_both",
     "test_ode_gradients.py",
+    "test_ode_quadrants.py",
     "test_ode_methods.py::test_lv_rk4_forward_equals_discrete_and_fd",
     "test_ode_methods.py::test_lv_rk4_adjoint_converges_to_discrete",
     "test_ode_methods.py::test_dopri5_gradients_on_accepted_steps",
