@@ -20,7 +20,7 @@ import numpy as np
 from .. import runtime
 from ..errors import DiffsimError, SimulationError
 from .gradients import Adjoint, Grid, continuous_adjoint, discrete_adjoint, forward_sensitivities, jacobians
-from .solvers import RK4, Euler, Solver, quiet_trace, state_as_list
+from .solvers import RK4, Solver, quiet_trace, state_as_list
 from .steps import StepGrid
 
 METHODS = ("discrete", "adjoint", "forward", "fd")
@@ -138,47 +138,6 @@ def solve(ode, t_span, y0=None, params=None, *, solver: Solver | None = None, dt
                               gradient, adjoint, max_fused, adjoint_trace)
 
 
-def _verify_quadrants_gradient(ode, t0, t1, dt, y0, params):
-    """On Quadrants, once per ODE and runtime: the discrete gradient of a short Euler solve
-    from the caller's first batch member (8 steps of the caller's dt, or of (t1 - t0)/100)
-    against central differences; DiffsimError when they disagree.
-
-    Why: the state reaches the user's functions as a list of scalars there
-    (solvers.state_as_list), which Quadrants 1.3.3 differentiates right; but an rhs that
-    builds a vector from those scalars and computes with it (``A @ ti.Vector([y[0],
-    y[1]])``, ``-p[0] * y``) is differentiated wrongly (taichi-notes 33), and nothing at
-    trace time tells the two apart. Measured: 25 % off for such an rhs, exact (1e-15) for
-    the componentwise form of the same one."""
-    from .. import runtime
-    gen = runtime.current().generation
-    if ode._cache.get("quadrants_verified") == gen:
-        return
-    h = float(dt) if dt else (t1 - t0) / 100.0
-    T = t0 + 8 * h
-    kw = dict(solver=Euler(), dt=h, saveat=[T], data=np.zeros((1, ode.n)), weights=None,
-              adjoint=None, max_fused=None, adjoint_trace=None)
-    y, p = y0[:1], params[:1]
-    ode._cache["quadrants_verified"] = gen     # the check's own solves skip the check
-    try:
-        got = _solve_checked(ode, (t0, T), y, p, gradient="discrete", **kw)
-        ref = _solve_checked(ode, (t0, T), y, p, gradient="fd", **kw)
-    finally:
-        del ode._cache["quadrants_verified"]
-    g = np.concatenate([got.grad_params.ravel(), got.grad_y0.ravel()])
-    f = np.concatenate([ref.grad_params.ravel(), ref.grad_y0.ravel()])
-    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(f))
-            and np.allclose(g, f, rtol=1e-5, atol=1e-7 * max(np.abs(f).max(), 1e-30))):
-        raise DiffsimError(
-            f"on the quadrants backend the gradient through {ode.name!r} is wrong: a check "
-            f"of 8 Euler steps from the first batch member gave {np.round(g, 8).tolist()}, "
-            f"central differences {np.round(f, 8).tolist()}. Quadrants 1.3.3 "
-            "mis-differentiates a vector built from the state's components and then computed "
-            "with (ti.Vector([y[0], y[1]]) @ ..., -p[0] * y; docs/taichi-notes.md 33). Run with "
-            "--backend taichi (DIFFSIM_BACKEND=taichi); for an rhs of your own, writing each "
-            "component from y[0], y[1], ... directly avoids it")
-    ode._cache["quadrants_verified"] = gen
-
-
 def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, gradient,
                    adjoint, max_fused, adjoint_trace):
     solver = solver or RK4()
@@ -213,9 +172,6 @@ def _solve_checked(ode, t_span, y0, params, solver, dt, saveat, data, weights, g
                                f"{saveat[bad[0]]:g})")
         if np.any(np.diff(saveat) <= 0):
             raise DiffsimError("saveat times must be strictly increasing")
-    if (gradient in ("discrete", "forward", "adjoint") and not solver.implicit
-            and state_as_list()):
-        _verify_quadrants_gradient(ode, t0, t1, dt, y0, params)
     jac = jacobians(ode, solver, B)
     if solver.adaptive:
         from .adaptive import AdaptiveStepper, adaptive_grid
@@ -400,9 +356,14 @@ def _solve(run, ts, params, y0, gradient, adjoint, trace) -> Solution:
     ys, cps, segs, steps = run.outputs()
     sol = Solution(ts=ts, ys=ys, y_final=cps[-1], loss=loss, method=gradient, steps=steps,
                    segments=len(segs), stored_states=len(segs) + 1)
-    if gradient == "discrete" and not run.solver.implicit:
+    if gradient == "discrete" and not run.solver.implicit and not state_as_list():
         sol.grad_params, sol.grad_y0 = run.it.backward()
     elif gradient == "discrete":
+        # implicit solvers (implicit function theorem), and explicit ones on Quadrants:
+        # its reverse mode through the fused time loop is wrong for an rhs that computes
+        # with a vector of y's components (docs/taichi-notes.md 33), while one step's
+        # Jacobians, with no dynamic loop around them, are right; λ_i = Φ_iᵀ λ_{i+1} over
+        # them is the same discrete gradient (measured equal to central differences)
         sol.grad_params, sol.grad_y0 = discrete_adjoint(run.grid(params, y0))
     elif gradient == "forward":
         gp, gy, S = forward_sensitivities(run.grid(params, y0), len(ts))
