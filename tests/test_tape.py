@@ -258,11 +258,9 @@ def test_segments_and_policies():
 
 
 def test_ode_integration_on_the_tape_guards_and_gradient():
-    from diffsim import runtime
+    # the fused reverse directly, on both backends: right on Quadrants too for an rhs
+    # indexed componentwise, as Lotka-Volterra's is (taichi-notes 33, 44)
     from diffsim.ode.solvers import quiet_trace
-    if runtime.current().backend == "quadrants":
-        pytest.skip("Quadrants 1.3.3 differentiates the fused ODE loop wrongly; "
-                    "solve() refuses it there (taichi-notes 33)")
     with quiet_trace():          # the ODE kernels' trace-time helpers warn on purpose
         _ode_integration_on_the_tape()
 
